@@ -1,0 +1,56 @@
+"""`mera info CHECKPOINT`: what a saved MERA checkpoint holds, read from its config without loading weights."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from modeling_mera import MeraConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("checkpoint", help="folder (or Hub repo id) of a saved MeraForCausalLM")
+    parser.add_argument("--revision", default=None, help="Hub branch, tag or commit, e.g. stage-2")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def summarize(config: MeraConfig) -> dict:
+    text = config.text_config
+    return {
+        "language_model": {
+            "model_type": text.model_type,
+            "hidden_size": text.hidden_size,
+            "vocab_size": text.vocab_size,
+        },
+        "modalities": [
+            {
+                "name": name,
+                "kind": modality["kind"],
+                "encoder": config.modality(name).encoder.model_type,
+                "connector": modality["connector"]["type"],
+                "tokens_per_item": modality["num_tokens"],
+                "placeholder": modality["placeholder"],
+            }
+            for name, modality in config.modalities.items()
+        ],
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    if Path(args.checkpoint).exists() and not (Path(args.checkpoint) / "config.json").exists():
+        print(f"error: {args.checkpoint} has no config.json; is it a saved MeraForCausalLM?", file=sys.stderr)
+        return 2
+    config = MeraConfig.from_pretrained(args.checkpoint, revision=args.revision)
+    summary = summarize(config)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    llm = summary["language_model"]
+    print(f"language model: {llm['model_type']} (hidden {llm['hidden_size']}, vocabulary {llm['vocab_size']})")
+    print(f"{'#':>2}  {'modality':<14}{'kind':<13}{'encoder':<26}{'connector':<11}{'tokens':>7}  placeholder")
+    for index, modality in enumerate(summary["modalities"], start=1):
+        print(
+            f"{index:>2}  {modality['name']:<14}{modality['kind']:<13}{modality['encoder']:<26}"
+            f"{modality['connector']:<11}{modality['tokens_per_item']:>7}  {modality['placeholder']}"
+        )
+    return 0

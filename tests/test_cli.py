@@ -1,0 +1,38 @@
+"""The `mera` console command: help, and `mera info` on a saved checkpoint."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+from conftest import build_tiny_model
+
+from recipes.cli import main
+
+
+def mera_command() -> list[str]:
+    found = shutil.which("mera")
+    return [found] if found else [sys.executable, "-m", "recipes.cli"]
+
+
+def test_mera_help_lists_subcommands():
+    result = subprocess.run([*mera_command(), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "usage: mera" in result.stdout and "info" in result.stdout
+
+
+def test_mera_info_reads_a_checkpoint(tmp_path, capsys):
+    build_tiny_model(("image", "audio", "point_cloud")).save_pretrained(tmp_path)
+    assert main(["info", str(tmp_path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [m["name"] for m in summary["modalities"]] == ["image", "audio", "point_cloud"]
+    assert [m["tokens_per_item"] for m in summary["modalities"]] == [16, 4, 9]
+    assert [m["connector"] for m in summary["modalities"]] == ["mlp", "qformer", "mlp"]
+    assert main(["info", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "whisper" in table and "mera_point_bert" in table
+
+
+def test_mera_info_on_a_folder_without_config(tmp_path, capsys):
+    assert main(["info", str(tmp_path)]) == 2
+    assert "has no config.json" in capsys.readouterr().err
