@@ -1,0 +1,376 @@
+"""Judges that decide whether a predicted answer to a question matches the reference answer.
+
+Two judges are registered:
+
+- `gpt`: an LLM judge through any OpenAI-compatible server, with the paper's prompt (a yes/no verdict and a 0-5
+  score, returned as a Python-dict-like string). Replies that cannot be parsed are retried, then counted as judge
+  failures, which are reported apart from "no" verdicts. Verdicts are cached on disk, so re-scoring costs nothing.
+- `match`: an offline judge, normalised exact or contained match ("Two dogs." == "2 dogs"). It is the default when
+  no `OPENAI_API_KEY` is set.
+
+Every `Verdict` and every `score_qa` result names the judge that produced it.
+
+Example:
+
+```python
+>>> from trainers.judges import get_judge, score_qa
+>>> judge = get_judge("match")
+>>> score_qa(judge, questions=["How many dogs?"], answers=["two"], predictions=["2 dogs"])["accuracy"]
+1.0
+```
+"""
+
+import ast
+import hashlib
+import json
+import os
+import re
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+__all__ = ["Verdict", "Judge", "MatchJudge", "GPTJudge", "JUDGES", "get_judge", "score_qa"]
+
+Answer = str | Sequence[str]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The judgement of one predicted answer.
+
+    `correct` is `None` when the judge failed (`failed=True`, reason in `error`); such a verdict counts neither as
+    right nor as wrong.
+    """
+
+    correct: bool | None
+    judge: str
+    score: float | None = None
+    failed: bool = False
+    reply: str | None = None
+    error: str | None = None
+    cached: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Judge(ABC):
+    """Base class: subclasses implement `judge`; `judge_many` runs it over a test set."""
+
+    name: str
+
+    @property
+    def description(self) -> str:
+        """What is recorded with every score, e.g. `"gpt:gpt-4o-mini"`."""
+        return self.name
+
+    @abstractmethod
+    def judge(self, question: str, answer: Answer, prediction: str) -> Verdict: ...
+
+    def judge_many(
+        self, questions: Sequence[str], answers: Sequence[Answer], predictions: Sequence[str]
+    ) -> list[Verdict]:
+        _check_lengths(questions, answers, predictions)
+        return [self.judge(q, a, p) for q, a, p in zip(questions, answers, predictions)]
+
+
+def _check_lengths(questions, answers, predictions) -> None:
+    if not len(questions) == len(answers) == len(predictions):
+        raise ValueError(
+            f"Judging needs one question, answer and prediction per sample; got {len(questions)} questions, "
+            f"{len(answers)} answers and {len(predictions)} predictions."
+        )
+
+
+def _as_answer_list(answer: Answer) -> list[str]:
+    return [answer] if isinstance(answer, str) else [str(a) for a in answer]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# match: offline normalised matching
+# ---------------------------------------------------------------------------------------------------------------
+
+NUMBER_WORDS = {
+    word: str(value)
+    for value, word in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+        "seventeen eighteen nineteen twenty".split()
+    )
+}
+NUMBER_WORDS.update({"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70"})
+NUMBER_WORDS.update({"eighty": "80", "ninety": "90", "hundred": "100"})
+ARTICLES = frozenset({"a", "an", "the"})
+# Every symbol but a decimal point inside a number (3.5).
+_PUNCTUATION = re.compile(r"[^\w\s.]|_|(?<!\d)\.|\.(?!\d)")
+
+
+def normalize_answer(text: str) -> list[str]:
+    """Lower case, punctuation and articles removed, number words as digits; returns the tokens."""
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text.lower())  # 1,000 -> 1000
+    text = _PUNCTUATION.sub(" ", text)
+    return [NUMBER_WORDS.get(token, token) for token in text.split() if token not in ARTICLES]
+
+
+def _contains(haystack: list[str], needle: list[str]) -> bool:
+    width = len(needle)
+    return any(haystack[i : i + width] == needle for i in range(len(haystack) - width + 1))
+
+
+class MatchJudge(Judge):
+    """Correct when a reference answer, normalised, equals the normalised prediction or occurs in it as a
+    whole-word sequence ("yes" in "yes, it is"; "2" in "there are two dogs").
+
+    Offline and deterministic, but lenient with long predictions that list many candidates: prefer the `gpt` judge
+    for numbers you will publish. `answers` may hold several acceptable answers per sample (as in OK-VQA).
+    """
+
+    name = "match"
+
+    def judge(self, question: str, answer: Answer, prediction: str) -> Verdict:
+        predicted = normalize_answer(prediction)
+        for reference in _as_answer_list(answer):
+            expected = normalize_answer(reference)
+            if expected and (predicted == expected or _contains(predicted, expected)):
+                return Verdict(correct=True, judge=self.description)
+        return Verdict(correct=False, judge=self.description)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# gpt: an LLM judge behind any OpenAI-compatible API
+# ---------------------------------------------------------------------------------------------------------------
+
+JUDGE_SYSTEM_PROMPT = (
+    "You are an intelligent chatbot designed for evaluating the correctness of generative outputs for "
+    "question-answer pairs. Your task is to compare the predicted answer with the correct answer and determine if "
+    "they match meaningfully. Here's how you can accomplish the task:\n"
+    "------\n"
+    "##INSTRUCTIONS:\n"
+    "- Focus on the meaningful match between the predicted answer and the correct answer.\n"
+    "- Consider synonyms or paraphrases as valid matches.\n"
+    "- Evaluate the correctness of the prediction compared to the answer."
+)
+JUDGE_USER_PROMPT = (
+    "Please evaluate the following question-answer pair:\n\n"
+    "Question: {question}\n"
+    "Correct Answer: {answer}\n"
+    "Predicted Answer: {prediction}\n\n"
+    "Provide your evaluation only as a yes/no and score where the score is an integer value between 0 and 5, with "
+    "5 indicating the highest meaningful match. Please generate the response in the form of a Python dictionary "
+    "string with keys 'pred' and 'score', where value of 'pred' is a string of 'yes' or 'no' and value of 'score' is "
+    "in INTEGER, not STRING. DO NOT PROVIDE ANY OTHER OUTPUT TEXT OR EXPLANATION. Only provide the Python "
+    "dictionary string. For example, your response should look like this: {{'pred': 'yes', 'score': 4}}."
+)
+_DICT_IN_REPLY = re.compile(r"\{.*?\}", re.DOTALL)
+
+
+def parse_judge_reply(reply: str) -> tuple[bool, float]:
+    """`(correct, score)` from a reply such as `"{'pred': 'yes', 'score': 4}"`; `ValueError` if malformed."""
+    match = _DICT_IN_REPLY.search(reply or "")
+    if match is None:
+        raise ValueError(f"no dictionary in the judge's reply {reply!r}")
+    try:
+        parsed = ast.literal_eval(match.group(0))
+    except (ValueError, SyntaxError) as error:
+        raise ValueError(f"the judge's reply {reply!r} is not a Python dictionary: {error}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"the judge's reply {reply!r} is not a Python dictionary")
+    pred = str(parsed.get("pred", "")).strip().lower()
+    if pred not in ("yes", "no"):
+        raise ValueError(f"'pred' in the judge's reply {reply!r} is neither 'yes' nor 'no'")
+    try:
+        score = float(parsed.get("score"))
+    except (TypeError, ValueError):
+        raise ValueError(f"'score' in the judge's reply {reply!r} is not a number") from None
+    if not 0 <= score <= 5:
+        raise ValueError(f"'score' in the judge's reply {reply!r} is outside 0-5")
+    return pred == "yes", score
+
+
+def default_cache_file() -> Path:
+    root = os.environ.get("MERA_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mera"
+    return Path(root) / "judge_verdicts.jsonl"
+
+
+class VerdictCache:
+    """Append-only JSON-lines file of successful verdicts, keyed by a hash of everything the judge saw.
+
+    Failures are not stored, so a re-run retries them. A line cut short by a killed run is skipped on load.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._entries: dict[str, dict] = {}
+        if self.path.exists():
+            with self.path.open(encoding="utf-8") as file:
+                for line in file:
+                    try:
+                        entry = json.loads(line)
+                        self._entries[entry["key"]] = entry
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        continue
+
+    @staticmethod
+    def key(model: str, system_prompt: str, user_prompt: str, question: str, answer: str, prediction: str) -> str:
+        payload = json.dumps([model, system_prompt, user_prompt, question, answer, prediction], ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def get(self, key: str) -> dict | None:
+        return self._entries.get(key)
+
+    def put(self, key: str, reply: str, correct: bool, score: float) -> None:
+        entry = {"key": key, "reply": reply, "correct": correct, "score": score}
+        with self._lock:
+            self._entries[key] = entry
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as file:
+                file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class GPTJudge(Judge):
+    """LLM judge with the paper's prompt, through the `openai` client (any OpenAI-compatible server).
+
+    Args:
+        model: judge model; the paper used `gpt-4o-mini`.
+        base_url: server URL, e.g. `http://localhost:8000/v1` for a local vLLM; `None` is OpenAI's API (or
+            `OPENAI_BASE_URL`).
+        api_key: `None` reads `OPENAI_API_KEY`.
+        retries: how many more times to ask when a reply cannot be parsed; after that, the sample is a judge failure.
+        concurrency: parallel requests in `judge_many`.
+        cache_file: JSON-lines verdict cache; `None` uses `$MERA_CACHE/judge_verdicts.jsonl`
+            (default `~/.cache/mera/`).
+        use_cache: set to `False` to neither read nor write the cache.
+        temperature: sampling temperature of the judge.
+        timeout: seconds per request.
+        client_max_retries: the `openai` client's own retries on connection errors, 429 and 5xx.
+        progress: show a progress bar in `judge_many`.
+    """
+
+    name = "gpt"
+
+    def __init__(
+        self,
+        model: str = "gpt-4o-mini",
+        base_url: str | None = None,
+        api_key: str | None = None,
+        retries: int = 2,
+        concurrency: int = 8,
+        cache_file: str | os.PathLike | None = None,
+        use_cache: bool = True,
+        temperature: float = 0.0,
+        timeout: float = 60.0,
+        client_max_retries: int = 3,
+        progress: bool = True,
+    ):
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}.")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}.")
+        try:
+            import openai
+        except ImportError:
+            raise ImportError(
+                "The `gpt` judge needs the `openai` package: pip install 'mera-mcl[eval]' (or use the `match` judge)."
+            ) from None
+        self._openai = openai
+        self.model = model
+        self.retries = retries
+        self.concurrency = concurrency
+        self.temperature = temperature
+        self.progress = progress
+        self.client = openai.OpenAI(
+            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=client_max_retries
+        )
+        self.cache = VerdictCache(cache_file or default_cache_file()) if use_cache else None
+
+    @property
+    def description(self) -> str:
+        return f"{self.name}:{self.model}"
+
+    def judge(self, question: str, answer: Answer, prediction: str) -> Verdict:
+        answer_text = " / ".join(_as_answer_list(answer))
+        user_prompt = JUDGE_USER_PROMPT.format(question=question, answer=answer_text, prediction=prediction)
+        key = VerdictCache.key(self.model, JUDGE_SYSTEM_PROMPT, user_prompt, question, answer_text, prediction)
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            return Verdict(hit["correct"], self.description, hit["score"], reply=hit["reply"], cached=True)
+
+        reply, error = None, None
+        for _ in range(self.retries + 1):
+            try:
+                response = self.client.chat.completions.create(
+                    model=self.model,
+                    messages=[
+                        {"role": "system", "content": JUDGE_SYSTEM_PROMPT},
+                        {"role": "user", "content": user_prompt},
+                    ],
+                    temperature=self.temperature,
+                )
+            except (self._openai.AuthenticationError, self._openai.PermissionDeniedError, self._openai.NotFoundError):
+                raise  # a wrong key, model or URL fails every sample: stop instead of reporting failures
+            except self._openai.OpenAIError as request_error:
+                # The client has already retried transport errors; count this sample as a failure.
+                return Verdict(None, self.description, failed=True, error=f"request failed: {request_error}")
+            reply = response.choices[0].message.content if response.choices else None
+            try:
+                correct, score = parse_judge_reply(reply)
+            except ValueError as parse_error:
+                error = str(parse_error)
+                continue
+            if self.cache is not None:
+                self.cache.put(key, reply, correct, score)
+            return Verdict(correct, self.description, score, reply=reply)
+        return Verdict(
+            None, self.description, failed=True, reply=reply, error=f"{error} (after {self.retries + 1} attempts)"
+        )
+
+    def judge_many(
+        self, questions: Sequence[str], answers: Sequence[Answer], predictions: Sequence[str]
+    ) -> list[Verdict]:
+        _check_lengths(questions, answers, predictions)
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            jobs = pool.map(self.judge, questions, answers, predictions)
+            return list(tqdm(jobs, total=len(questions), desc="judging", disable=not self.progress))
+
+
+JUDGES: dict[str, type[Judge]] = {"match": MatchJudge, "gpt": GPTJudge}
+
+
+def get_judge(name: str | None = None, **kwargs) -> Judge:
+    """Build a judge by name (`"match"` or `"gpt"`, keyword arguments go to its constructor).
+
+    `None` or `"auto"` picks `gpt` when `OPENAI_API_KEY` is set and `match` otherwise.
+    """
+    if name in (None, "auto"):
+        name = "gpt" if os.environ.get("OPENAI_API_KEY") else "match"
+    if name not in JUDGES:
+        raise ValueError(f"Unknown judge {name!r}; choose one of {sorted(JUDGES)} (or 'auto').")
+    return JUDGES[name](**kwargs)
+
+
+def score_qa(judge: Judge, questions: Sequence[str], answers: Sequence[Answer], predictions: Sequence[str]) -> dict:
+    """Judge a QA test set. Accuracy is the fraction of "yes" among the samples the judge could decide.
+
+    Returns a dict with `accuracy`, `mean_score` (when the judge gives scores), `num_samples`, `num_judged`,
+    `num_failures`, the `judge` description and the per-sample `verdicts`.
+    """
+    verdicts = judge.judge_many(questions, answers, predictions)
+    judged = [verdict for verdict in verdicts if not verdict.failed]
+    scores = [verdict.score for verdict in judged if verdict.score is not None]
+    return {
+        "metric": "accuracy",
+        "judge": judge.description,
+        "accuracy": sum(verdict.correct for verdict in judged) / len(judged) if judged else None,
+        "mean_score": sum(scores) / len(scores) if scores else None,
+        "num_samples": len(verdicts),
+        "num_judged": len(judged),
+        "num_failures": len(verdicts) - len(judged),
+        "verdicts": [verdict.to_dict() for verdict in verdicts],
+    }
