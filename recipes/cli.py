@@ -11,6 +11,7 @@ import sys
 # name -> (module, one-line help). Order is the order `mera --help` lists them in.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("recipes.info", "show a saved MERA checkpoint: its modalities, encoders, connectors and sizes"),
+    "metrics": ("recipes.metrics", "Relative-Gain tables and plots from score matrices"),
 }
 
 

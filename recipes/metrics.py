@@ -1,0 +1,86 @@
+"""`mera metrics`: Relative-Gain tables and plots from score matrices, one file per method.
+
+mera metrics runs/finetune/scores.json runs/mera/scores.json
+mera metrics finetune.json mera.json --json summary.json --plot relative_gain.png
+mera metrics finetune.json --json - | python -m json.tool
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from trainers.continual_metrics import ScoreMatrix, format_report, plot_progressive_relative_gain, summarize
+
+FORMAT_HELP = """\
+score-matrix format (one JSON file per method; modalities in training order; stages[i] = scores after stage i+1):
+  {"method": "Fine-Tuning",
+   "modalities": [{"name": "image", "datasets": ["MSCOCO", "OK-VQA"]},
+                  {"name": "video", "datasets": ["MSVD", "MSVD-QA"]}],
+   "experts": {"MSCOCO": 100.76, "OK-VQA": 0.358, "MSVD": 138.39, "MSVD-QA": 0.46},
+   "stages": [{"MSCOCO": 100.76, "OK-VQA": 0.358},
+              {"MSCOCO": 54.52, "OK-VQA": 0.172, "MSVD": 130.22, "MSVD-QA": 0.555}]}
+
+metrics (in %): RelativeGain(j, i) = mean over modality j's datasets of score / expert score, after stage i;
+Backward RG(i) = mean over j < i of RelativeGain(j, i), stage 1 = RelativeGain(1, 1); Forward RG(i) =
+RelativeGain(i, i); mean and sample std (n-1) over stages. Classic metrics (final average, average accuracy,
+BWT, forgetting) are computed on the Relative-Gain matrix, and per dataset in raw units in the JSON.
+
+examples:
+  mera metrics finetune.json mera.json                          print the tables
+  mera metrics finetune.json mera.json --json summary.json      also write every metric as JSON
+  mera metrics finetune.json --json -                           JSON on stdout instead of the tables
+  mera metrics finetune.json mera.json --plot relative_gain.png  Backward/Forward RG per stage, per method
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = FORMAT_HELP
+    parser.add_argument("scores", nargs="+", metavar="SCORES.json", help="score-matrix files, one per method")
+    parser.add_argument(
+        "--json",
+        dest="json_path",
+        metavar="OUT.json",
+        help="write every metric of every method to OUT.json ({'methods': [...]}); '-' prints the JSON to stdout "
+        "instead of the tables",
+    )
+    parser.add_argument(
+        "--plot",
+        dest="plot_path",
+        metavar="OUT.png",
+        help="write a plot of Backward and Forward Relative Gain per stage, one line per method",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        inputs = {Path(path).resolve() for path in args.scores}
+        for option, output in (("--json", args.json_path), ("--plot", args.plot_path)):
+            if output not in (None, "-") and Path(output).resolve() in inputs:
+                raise ValueError(f"{option} {output} is also an input score matrix; refusing to overwrite it.")
+        summaries = [summarize(ScoreMatrix.from_json(path)) for path in args.scores]
+    except ValueError as error:
+        print(f"mera metrics: error: {error}", file=sys.stderr)
+        return 2
+
+    # Two files may name the same method (e.g. two seeds): tell them apart by file name in tables and plots.
+    names = [summary["method"] for summary in summaries]
+    for summary in summaries:
+        if names.count(summary["method"]) > 1:
+            summary["method"] = f"{summary['method']} [{Path(summary['source']).name}]"
+
+    payload = json.dumps({"methods": summaries}, indent=2)
+    if args.json_path == "-":
+        print(payload)
+    else:
+        print(format_report(summaries))
+        if args.json_path:
+            path = Path(args.json_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(payload + "\n", encoding="utf-8")
+            print(f"\nwrote {path}")
+    if args.plot_path:
+        path = plot_progressive_relative_gain(summaries, args.plot_path)
+        print(f"wrote {path}", file=sys.stderr if args.json_path == "-" else sys.stdout)
+    return 0

@@ -1,0 +1,435 @@
+"""Continual-learning metrics over a score matrix: Relative Gain (MERA) and the classic accuracy-matrix metrics.
+
+A score matrix holds, for one method, the score of every test set after every stage, plus the scores of the
+single-modality experts. As JSON:
+
+```json
+{"method": "Fine-Tuning",
+ "modalities": [{"name": "image", "datasets": ["MSCOCO", "OK-VQA"]},
+                {"name": "video", "datasets": ["MSVD", "MSVD-QA"]}],
+ "experts": {"MSCOCO": 100.76, "OK-VQA": 0.358, "MSVD": 138.39, "MSVD-QA": 0.46},
+ "stages": [{"MSCOCO": 100.76, "OK-VQA": 0.358},
+            {"MSCOCO": 54.52, "OK-VQA": 0.172, "MSVD": 130.22, "MSVD-QA": 0.555}]}
+```
+
+Modalities are listed in training order; `stages[i]` holds the scores after stage i+1, i.e. of every dataset of
+modalities 1..i+1. A run still in progress may list fewer stages than modalities.
+
+Definitions (paper, section "Metrics"; j = modality, i = stage, k = dataset of modality j, all in %):
+
+- `RelativeGain(j, i) = mean_k S(j, k, i) / S_expert(j, k)`
+- `BwRG(i) = mean_{j < i} RelativeGain(j, i)`, and `BwRG(1) = RelativeGain(1, 1)` (no earlier modality)
+- `FwRG(i) = RelativeGain(i, i)`
+- tables report the mean and the sample standard deviation (n - 1) of BwRG and FwRG over the stages.
+
+The classic metrics (as in MLLM-CL and GEM) read an accuracy matrix `a[i][j]`, the score of task j after stage i:
+final average accuracy, average (incremental) accuracy, backward transfer (BWT) and forgetting.
+"""
+
+import json
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "Modality",
+    "ScoreMatrix",
+    "relative_gain_matrix",
+    "backward_relative_gain",
+    "forward_relative_gain",
+    "mean_and_std",
+    "accuracy_matrix_metrics",
+    "summarize",
+    "format_report",
+    "plot_progressive_relative_gain",
+]
+
+
+@dataclass(frozen=True)
+class Modality:
+    """A modality and the test sets it is scored on, e.g. `Modality("image", ("MSCOCO", "OK-VQA"))`."""
+
+    name: str
+    datasets: tuple[str, ...]
+
+
+@dataclass
+class ScoreMatrix:
+    """Scores of one method after every stage, with the experts' scores; see the module docstring for the format.
+
+    `source` names where the matrix came from (a file path) and prefixes every validation error.
+    """
+
+    method: str
+    modalities: list[Modality]
+    experts: dict[str, float]
+    stages: list[dict[str, float]]
+    source: str = "<score matrix>"
+    dataset_to_modality: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.validate()
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<score matrix>") -> "ScoreMatrix":
+        """Build and validate a matrix from its JSON form."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: a score matrix must be a JSON object, got {type(data).__name__}.")
+        missing = [key for key in ("modalities", "experts", "stages") if key not in data]
+        if missing:
+            raise ValueError(
+                f"{source}: missing key(s) {missing}; a score matrix needs 'modalities', 'experts' "
+                "and 'stages' (and optionally 'method')."
+            )
+        unknown = sorted(set(data) - {"method", "modalities", "experts", "stages"})
+        if unknown:
+            raise ValueError(
+                f"{source}: unknown key(s) {unknown}; expected 'method', 'modalities', 'experts', 'stages'."
+            )
+        modalities = []
+        for index, entry in enumerate(data["modalities"]):
+            if not isinstance(entry, dict) or "name" not in entry or not isinstance(entry.get("datasets"), list):
+                raise ValueError(
+                    f'{source}: modalities[{index}] must look like {{"name": "image", "datasets": '
+                    f'["MSCOCO", "OK-VQA"]}}, got {entry!r}.'
+                )
+            modalities.append(Modality(str(entry["name"]), tuple(str(name) for name in entry["datasets"])))
+        if not isinstance(data["experts"], dict):
+            raise ValueError(f"{source}: 'experts' must map dataset names to scores, got {data['experts']!r}.")
+        if not isinstance(data["stages"], list) or not all(isinstance(stage, dict) for stage in data["stages"]):
+            raise ValueError(f"{source}: 'stages' must be a list with one {{dataset: score}} object per stage.")
+        method = str(data.get("method") or Path(source).stem)
+        return cls(method, modalities, dict(data["experts"]), [dict(stage) for stage in data["stages"]], source)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "ScoreMatrix":
+        """Read and validate a score-matrix JSON file."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"{path}: no such score-matrix file.") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error}).") from None
+        return cls.from_dict(data, source=str(path))
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "modalities": [{"name": m.name, "datasets": list(m.datasets)} for m in self.modalities],
+            "experts": dict(self.experts),
+            "stages": [dict(stage) for stage in self.stages],
+        }
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    def validate(self) -> None:
+        """Raise a `ValueError` naming the source, the stage and the dataset(s) at the first inconsistency."""
+        source = self.source
+        if not self.modalities:
+            raise ValueError(f"{source}: 'modalities' is empty; list the modalities in training order.")
+        names = [modality.name for modality in self.modalities]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{source}: modality names repeat: {names}.")
+        self.dataset_to_modality = {}
+        for index, modality in enumerate(self.modalities):
+            if not modality.datasets:
+                raise ValueError(f"{source}: modality '{modality.name}' lists no datasets.")
+            for dataset in modality.datasets:
+                if dataset in self.dataset_to_modality:
+                    other = self.modalities[self.dataset_to_modality[dataset]].name
+                    raise ValueError(
+                        f"{source}: dataset '{dataset}' is listed under both '{other}' and '{modality.name}'."
+                    )
+                self.dataset_to_modality[dataset] = index
+
+        declared = set(self.dataset_to_modality)
+        missing_experts = [dataset for dataset in self.dataset_to_modality if dataset not in self.experts]
+        if missing_experts:
+            raise ValueError(f"{source}: 'experts' lacks the expert score of dataset(s) {missing_experts}.")
+        extra_experts = sorted(set(self.experts) - declared)
+        if extra_experts:
+            raise ValueError(
+                f"{source}: 'experts' has dataset(s) {extra_experts} that no modality declares; declared: "
+                f"{sorted(declared)}."
+            )
+        for dataset, score in self.experts.items():
+            _check_number(score, f"{source}: expert score of '{dataset}'")
+            if score <= 0:
+                raise ValueError(
+                    f"{source}: expert score of '{dataset}' is {score}; Relative Gain divides by it, so it must "
+                    "be > 0."
+                )
+
+        if not self.stages:
+            raise ValueError(f"{source}: 'stages' is empty; it needs the scores after at least stage 1.")
+        if len(self.stages) > len(self.modalities):
+            raise ValueError(
+                f"{source}: {len(self.stages)} stages but only {len(self.modalities)} modalities; stage i learns "
+                "modality i, so there can be at most one stage per modality."
+            )
+        for stage_index, stage in enumerate(self.stages):
+            stage_name = f"{source}: stage {stage_index + 1}"
+            expected = [d for m in self.modalities[: stage_index + 1] for d in m.datasets]
+            missing = [dataset for dataset in expected if dataset not in stage]
+            if missing:
+                raise ValueError(
+                    f"{stage_name} lacks dataset(s) {missing}; after stage {stage_index + 1} every dataset of "
+                    f"{names[: stage_index + 1]} must be scored."
+                )
+            undeclared = sorted(set(stage) - declared)
+            if undeclared:
+                raise ValueError(
+                    f"{stage_name} has dataset(s) {undeclared} that no modality declares; declared: "
+                    f"{sorted(declared)}."
+                )
+            unseen = sorted(set(stage) - set(expected))
+            if unseen:
+                raise ValueError(
+                    f"{stage_name} has dataset(s) {unseen} of a modality not learnt yet; stage {stage_index + 1} "
+                    f"covers {names[: stage_index + 1]} only."
+                )
+            for dataset, score in stage.items():
+                _check_number(score, f"{stage_name}: score of '{dataset}'")
+
+    def relative_gain(self, modality_index: int, stage_index: int) -> float:
+        """RelativeGain in % of modality `modality_index` after stage `stage_index` (both 0-based)."""
+        if not 0 <= modality_index <= stage_index < self.num_stages:
+            raise ValueError(
+                f"{self.source}: Relative Gain of modality {modality_index + 1} at stage {stage_index + 1} is "
+                f"undefined; it needs modality <= stage <= {self.num_stages}."
+            )
+        datasets = self.modalities[modality_index].datasets
+        stage = self.stages[stage_index]
+        return 100.0 * sum(stage[d] / self.experts[d] for d in datasets) / len(datasets)
+
+
+def _check_number(value, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value!r}.")
+
+
+def relative_gain_matrix(matrix: ScoreMatrix) -> list[list[float | None]]:
+    """`rg[j][i]`: Relative Gain (%) of modality j after stage i, `None` where modality j is not learnt yet."""
+    return [
+        [matrix.relative_gain(j, i) if j <= i else None for i in range(matrix.num_stages)]
+        for j in range(len(matrix.modalities))
+    ]
+
+
+def backward_relative_gain(matrix: ScoreMatrix) -> list[float]:
+    """BwRG (%) per stage: mean Relative Gain of the earlier modalities; stage 1 reports RelativeGain(1, 1)."""
+    values = [matrix.relative_gain(0, 0)]
+    for i in range(1, matrix.num_stages):
+        values.append(sum(matrix.relative_gain(j, i) for j in range(i)) / i)
+    return values
+
+
+def forward_relative_gain(matrix: ScoreMatrix) -> list[float]:
+    """FwRG (%) per stage: Relative Gain of the modality learnt at that stage."""
+    return [matrix.relative_gain(i, i) for i in range(matrix.num_stages)]
+
+
+def mean_and_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (n - 1); the deviation is `None` for a single value."""
+    if not values:
+        raise ValueError("mean_and_std needs at least one value.")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def accuracy_matrix_metrics(
+    accuracy: Sequence[Sequence[float | None]], learned_at: Sequence[int] | None = None
+) -> dict:
+    """Classic continual-learning metrics of an accuracy matrix.
+
+    Args:
+        accuracy: `accuracy[i][j]` is the score of task j after stage i (0-based). Entries before a task is learnt
+            are ignored and may be `None`.
+        learned_at: the stage at which each task is learnt; default `j` for task j (a square matrix).
+
+    Returns:
+        A dict with, over the T stages given:
+        - `final_average`: mean over tasks of `a[T-1][j]`;
+        - `average_accuracy`: mean over stages i of the mean over tasks learnt by then of `a[i][j]`;
+        - `bwt`: backward transfer, mean over tasks learnt before the last stage of `a[T-1][j] - a[learned_at[j]][j]`;
+        - `forgetting`: mean over the same tasks of `max_{learned_at[j] <= l < T-1} a[l][j] - a[T-1][j]`;
+        - `per_task`: the per-task `final`, `bwt` and `forgetting` lists (`None` for tasks of the last stage).
+        `bwt` and `forgetting` are `None` when no task was learnt before the last stage.
+    """
+    num_stages = len(accuracy)
+    if num_stages == 0:
+        raise ValueError("accuracy_matrix_metrics needs at least one stage.")
+    num_tasks = len(accuracy[-1])
+    learned_at = list(range(num_tasks)) if learned_at is None else list(learned_at)
+    if len(learned_at) != num_tasks:
+        raise ValueError(f"learned_at has {len(learned_at)} entries for {num_tasks} tasks.")
+    for task, stage in enumerate(learned_at):
+        if not 0 <= stage < num_stages:
+            raise ValueError(f"task {task} is learnt at stage {stage}, outside the {num_stages} stages given.")
+        for i in range(stage, num_stages):
+            if len(accuracy[i]) <= task or accuracy[i][task] is None:
+                raise ValueError(
+                    f"accuracy[{i}][{task}] is missing; task {task} is learnt at stage {stage}, so every stage from "
+                    "then on must score it."
+                )
+
+    last = num_stages - 1
+    final = [accuracy[last][j] for j in range(num_tasks)]
+    per_task_bwt = [accuracy[last][j] - accuracy[s][j] if s < last else None for j, s in enumerate(learned_at)]
+    per_task_forgetting = [
+        max(accuracy[stage][j] for stage in range(s, last)) - accuracy[last][j] if s < last else None
+        for j, s in enumerate(learned_at)
+    ]
+    stage_averages = []
+    for i in range(num_stages):
+        seen = [accuracy[i][j] for j, s in enumerate(learned_at) if s <= i]
+        if seen:
+            stage_averages.append(sum(seen) / len(seen))
+    old_bwt = [value for value in per_task_bwt if value is not None]
+    old_forgetting = [value for value in per_task_forgetting if value is not None]
+    return {
+        "final_average": sum(final) / num_tasks,
+        "average_accuracy": sum(stage_averages) / len(stage_averages),
+        "bwt": sum(old_bwt) / len(old_bwt) if old_bwt else None,
+        "forgetting": sum(old_forgetting) / len(old_forgetting) if old_forgetting else None,
+        "per_task": {"final": final, "bwt": per_task_bwt, "forgetting": per_task_forgetting},
+    }
+
+
+def summarize(matrix: ScoreMatrix) -> dict:
+    """Every metric of one method, JSON-ready.
+
+    `classic` applies `accuracy_matrix_metrics` to the Relative-Gain matrix (tasks = modalities, in % of the
+    expert), so datasets on different scales (CIDEr, accuracy) can be averaged. `classic_per_dataset` applies it to
+    the raw scores, one task per dataset, in each dataset's own unit.
+    """
+    backward = backward_relative_gain(matrix)
+    forward = forward_relative_gain(matrix)
+    backward_mean, backward_std = mean_and_std(backward)
+    forward_mean, forward_std = mean_and_std(forward)
+    rg = relative_gain_matrix(matrix)
+    seen = range(matrix.num_stages)  # modalities learnt so far
+
+    classic = accuracy_matrix_metrics([[rg[j][i] for j in seen] for i in seen])
+    datasets = [d for j in seen for d in matrix.modalities[j].datasets]
+    raw = accuracy_matrix_metrics(
+        [[stage.get(d) for d in datasets] for stage in matrix.stages],
+        learned_at=[matrix.dataset_to_modality[d] for d in datasets],
+    )
+    classic_per_dataset = {
+        dataset: {key: raw["per_task"][key][index] for key in ("final", "bwt", "forgetting")}
+        for index, dataset in enumerate(datasets)
+    }
+    classic.pop("per_task")
+    return {
+        "method": matrix.method,
+        "source": matrix.source,
+        "modalities": [m.name for m in matrix.modalities[: matrix.num_stages]],
+        "backward_relative_gain": backward,
+        "forward_relative_gain": forward,
+        "backward_mean": backward_mean,
+        "backward_std": backward_std,
+        "forward_mean": forward_mean,
+        "forward_std": forward_std,
+        "relative_gain": {matrix.modalities[j].name: rg[j] for j in seen},
+        "classic": classic,
+        "classic_per_dataset": classic_per_dataset,
+    }
+
+
+def _fmt(value: float | None, width: int) -> str:
+    return f"{'-' if value is None else f'{value:.2f}':>{width}}"
+
+
+def format_report(summaries: Sequence[dict]) -> str:
+    """Plain-text tables: per method, the per-stage metrics with mean and std; then a comparison of the methods."""
+    blocks = []
+    for summary in summaries:
+        modalities = summary["modalities"]
+        width = max(9, *(len(name) + 2 for name in modalities))
+        label_width = max(28, *(len(f"Relative Gain {name} (%)") + 2 for name in modalities))
+        header = " " * label_width + "".join(f"{f'stage {i + 1}':>{width}}" for i in range(len(modalities)))
+        header += f"{'mean':>9}{'std':>9}"
+        names = " " * label_width + "".join(f"{name:>{width}}" for name in modalities)
+        lines = [f"{summary['method']}  ({summary['source']})", header, names]
+        for label, key in (("Backward Relative Gain (%)", "backward"), ("Forward Relative Gain (%)", "forward")):
+            values = summary[f"{key}_relative_gain"]
+            lines.append(
+                f"{label:<{label_width}}"
+                + "".join(_fmt(v, width) for v in values)
+                + _fmt(summary[f"{key}_mean"], 9)
+                + _fmt(summary[f"{key}_std"], 9)
+            )
+        for name, values in summary["relative_gain"].items():
+            lines.append(f"{f'Relative Gain {name} (%)':<{label_width}}" + "".join(_fmt(v, width) for v in values))
+        classic = summary["classic"]
+        lines.append(
+            f"Classic, tasks = modalities, % of expert: final average {_fmt(classic['final_average'], 0)}, "
+            f"average accuracy {_fmt(classic['average_accuracy'], 0)}, BWT {_fmt(classic['bwt'], 0)}, "
+            f"forgetting {_fmt(classic['forgetting'], 0)}"
+        )
+        blocks.append("\n".join(lines))
+
+    if len(summaries) > 1:
+        method_width = max(8, *(len(s["method"]) + 2 for s in summaries))
+        columns = ["BwRG mean", "BwRG std", "FwRG mean", "FwRG std", "final avg", "BWT", "forgetting"]
+        lines = [f"{'method':<{method_width}}" + "".join(f"{c:>12}" for c in columns)]
+        for s in summaries:
+            values = [s["backward_mean"], s["backward_std"], s["forward_mean"], s["forward_std"]]
+            values += [s["classic"]["final_average"], s["classic"]["bwt"], s["classic"]["forgetting"]]
+            lines.append(f"{s['method']:<{method_width}}" + "".join(_fmt(v, 12) for v in values))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def plot_progressive_relative_gain(summaries: Sequence[dict], path: str | os.PathLike) -> Path:
+    """Two panels, Backward and Forward Relative Gain (%) per stage, one line per method (paper Figures 3 and 4).
+
+    Returns the path of the written image; its format follows the file extension (PNG, PDF, SVG).
+    """
+    # The object-oriented API renders through Agg without touching pyplot's global backend or figure list.
+    from matplotlib.figure import Figure
+
+    if not summaries:
+        raise ValueError("plot_progressive_relative_gain needs at least one method.")
+    num_stages = max(len(s["backward_relative_gain"]) for s in summaries)
+    orders = {tuple(s["modalities"]) for s in summaries}
+    # Name the modality under each stage when every method learnt them in the same order.
+    longest = max(summaries, key=lambda s: len(s["modalities"]))["modalities"]
+    same_order = all(order == tuple(longest[: len(order)]) for order in orders)
+    tick_labels = [f"{i + 1}\n{longest[i]}" if same_order else str(i + 1) for i in range(num_stages)]
+
+    figure = Figure(figsize=(11, 4.2))
+    axes = figure.subplots(1, 2, sharey=True)
+    markers = "osD^v<>ph*"
+    panels = (("backward_relative_gain", "Backward Relative Gain"), ("forward_relative_gain", "Forward Relative Gain"))
+    for axis, (key, title) in zip(axes, panels):
+        axis.axhline(100, color="0.6", linestyle="--", linewidth=1, zorder=0)
+        for index, summary in enumerate(summaries):
+            values = summary[key]
+            mean = summary[key.replace("relative_gain", "mean")]
+            axis.plot(
+                range(1, len(values) + 1),
+                values,
+                marker=markers[index % len(markers)],
+                linewidth=2,
+                label=f"{summary['method']} (mean {mean:.2f})",
+            )
+        axis.set_title(title)
+        axis.set_xlabel("stage")
+        axis.set_xticks(range(1, num_stages + 1), tick_labels)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("% of expert")
+    axes[1].tick_params(labelleft=True)
+    axes[0].legend(loc="best", fontsize=9)
+    axes[1].legend(loc="best", fontsize=9)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
