@@ -101,6 +101,22 @@ class MeraModel(MeraPreTrainedModel):
             inputs_embeds = inputs_embeds.masked_scatter(mask, features)
         return inputs_embeds
 
+    def collect_modality_inputs(self, modality_inputs: ModalityInputs | None, kwargs: dict) -> ModalityInputs:
+        """Merge `modality_inputs` with modality keywords popped from `kwargs`; reject unknown modalities."""
+        collected = dict(modality_inputs or {})
+        for name in self.config.modalities:
+            if name in kwargs:
+                value = kwargs.pop(name)
+                if value is None:
+                    continue
+                if name in collected:
+                    raise ValueError(f"{name} inputs were given twice: as a keyword and in modality_inputs")
+                collected[name] = value
+        unknown = sorted(set(collected) - set(self.config.modalities))
+        if unknown:
+            raise ValueError(f"unknown modalities {unknown}; this model knows {list(self.config.modalities)}")
+        return collected
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -110,6 +126,7 @@ class MeraModel(MeraPreTrainedModel):
         modality_inputs: ModalityInputs | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        modality_inputs = self.collect_modality_inputs(modality_inputs, kwargs)
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -184,21 +201,6 @@ class MeraForCausalLM(MeraPreTrainedModel, GenerationMixin):
     def get_modality_features(self, modality: str, inputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model.get_modality_features(modality, inputs)
 
-    def _collect_modality_inputs(self, modality_inputs: ModalityInputs | None, kwargs: dict) -> ModalityInputs:
-        collected = dict(modality_inputs or {})
-        for name in self.config.modalities:
-            if name in kwargs:
-                value = kwargs.pop(name)
-                if value is None:
-                    continue
-                if name in collected:
-                    raise ValueError(f"{name} inputs were given twice: as a keyword and in modality_inputs")
-                collected[name] = value
-        unknown = sorted(set(collected) - set(self.config.modalities))
-        if unknown:
-            raise ValueError(f"unknown modalities {unknown}; this model knows {list(self.config.modalities)}")
-        return collected
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -218,7 +220,7 @@ class MeraForCausalLM(MeraPreTrainedModel, GenerationMixin):
         modality_inputs (`dict[str, Tensor | dict]`, *optional*):
             Modality name -> its encoder input (see the class docstring); modality names also work as keywords.
         """
-        modality_inputs = self._collect_modality_inputs(modality_inputs, kwargs)
+        modality_inputs = self.model.collect_modality_inputs(modality_inputs, kwargs)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         outputs = self.model(
             input_ids=input_ids,
@@ -245,7 +247,7 @@ class MeraForCausalLM(MeraPreTrainedModel, GenerationMixin):
 
     def generate(self, *args, modality_inputs: ModalityInputs | None = None, **kwargs):
         """`GenerationMixin.generate`, taking modality inputs as keywords or as one `modality_inputs` dict."""
-        modality_inputs = self._collect_modality_inputs(modality_inputs, kwargs)
+        modality_inputs = self.model.collect_modality_inputs(modality_inputs, kwargs)
         if modality_inputs:
             generation_config = kwargs.get("generation_config") or self.generation_config
             copies = max(

@@ -2,11 +2,12 @@
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     CLIPVisionConfig,
     LlamaConfig,
     PreTrainedTokenizerFast,
@@ -19,7 +20,7 @@ from modeling_mera import MeraConfig, MeraForCausalLM, MeraProcessor, PointBertC
 WORDS = (
     "a an the is are of in on and what how many which color shape sound describe image video audio point cloud "
     "red green blue yellow circle square triangle star high low tone beat one two three four five cube sphere "
-    "cone moving left right up down small large picture clip ? . ,"
+    "cone moving left right up down small large picture clip it ? . ,"
 ).split()
 
 TINY_TEXT = dict(
@@ -88,8 +89,8 @@ QFORMER = {
 }
 
 
-def tiny_image_processor() -> CLIPImageProcessor:
-    return CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+def tiny_image_processor() -> CLIPImageProcessorPil:
+    return CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
 
 
 def tiny_audio_processor() -> WhisperFeatureExtractor:
@@ -138,3 +139,68 @@ def _offline(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path_factory.getbasetemp() / "hf_modules"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+TOY_COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+TOY_TONES = {"high": 3000.0, "low": 200.0}
+TOY_SHAPES = ("cube", "sphere")
+
+
+def toy_samples(folder, modality: str, count: int, seed: int = 0) -> list[dict]:
+    """
+    Samples whose answers depend on the media, written as real files (.png images, .wav audio, .npy clouds) so that
+    the lazy readers are exercised: a caption and a QA pair per item.
+    """
+    from pathlib import Path
+
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    samples = []
+    for index in range(count):
+        if modality == "image":
+            word = list(TOY_COLORS)[index % len(TOY_COLORS)]
+            pixels = np.clip(np.array(TOY_COLORS[word]) + rng.integers(-20, 20, (32, 32, 3)), 0, 255)
+            path = folder / f"image-{index}.png"
+            Image.fromarray(pixels.astype(np.uint8)).save(path)
+            caption, question, answer = f"a {word} square", "what color is it ?", word
+        elif modality == "audio":
+            word = list(TOY_TONES)[index % len(TOY_TONES)]
+            time = np.arange(16000) / 16000
+            waveform = 0.5 * np.sin(2 * np.pi * TOY_TONES[word] * time) + 0.01 * rng.standard_normal(16000)
+            path = folder / f"audio-{index}.wav"
+            _write_wav(path, waveform, 16000)
+            caption, question, answer = f"a {word} tone", "how is the tone ?", word
+        elif modality == "point_cloud":
+            word = TOY_SHAPES[index % len(TOY_SHAPES)]
+            points = rng.uniform(-1, 1, (256, 3))
+            points = points / np.linalg.norm(points, axis=1, keepdims=True) if word == "sphere" else points
+            path = folder / f"cloud-{index}.npy"
+            np.save(path, points.astype(np.float32))
+            caption, question, answer = f"a {word}", "which shape is it ?", word
+        else:
+            raise ValueError(modality)
+        common = {"modality": modality, "media": str(path), "dataset": f"toy-{modality}"}
+        samples.append(
+            {
+                "id": f"{modality}-{index}-c",
+                "prompt": f"describe the {modality} .",
+                "answer": caption,
+                "task": "caption",
+                **common,
+            }
+        )
+        samples.append({"id": f"{modality}-{index}-q", "prompt": question, "answer": answer, "task": "qa", **common})
+    return samples
+
+
+def _write_wav(path, waveform, rate):
+    import wave
+
+    with wave.open(str(path), "wb") as audio:
+        audio.setnchannels(1)
+        audio.setsampwidth(2)
+        audio.setframerate(rate)
+        audio.writeframes((np.clip(waveform, -1, 1) * 32767).astype(np.int16).tobytes())

@@ -1,0 +1,229 @@
+"""
+The multimodal sample format, its loaders, media readers, and the collator that feeds `MeraForCausalLM`.
+
+A sample is one prompt/answer pair about one media item:
+
+    {"id": "coco-1", "modality": "image", "media": "images/1.jpg", "prompt": "Describe the image.",
+     "answer": "A dog on a sofa.", "task": "caption", "dataset": "MSCOCO"}
+
+- `media` is a path (relative paths are resolved against `media_root`, by default the data file's folder) or an
+  array (nested lists, as `datasets` stores them). Media are read lazily, batch by batch, in the collator.
+- `prompt` may name its placeholder (`"<image>\\nDescribe the image."`); when it does not, the placeholder is put
+  first, as in LLaVA.
+- `task` is "caption" or "qa"; `dataset` names the data set the sample is scored in.
+
+LLaVA's conversation style is read too: `{"id", "image": "1.jpg", "conversations": [{"from": "human", "value":
+"<image>\\nWhat is it?"}, {"from": "gpt", "value": "A dog."}]}`, the modality being whichever modality key the row
+has ("image", "video", "audio", "point_cloud").
+"""
+
+import json
+import os
+import wave
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import Dataset
+
+SAMPLE_COLUMNS = ("id", "modality", "media", "prompt", "answer", "task", "dataset")
+TASKS = ("caption", "qa")
+LLAVA_MODALITY_KEYS = ("image", "video", "audio", "point_cloud")
+
+
+class MediaError(ValueError):
+    """A media file is missing or cannot be read; the message names the file and the sample."""
+
+
+def _normalize_row(row: dict, where: str, media_root: Path | None, defaults: dict) -> dict:
+    """One raw row (project format or LLaVA conversation) -> the project's sample dict."""
+    row = {**defaults, **{key: value for key, value in row.items() if value is not None}}
+    if "conversations" in row:
+        turns = row["conversations"]
+        human = next((turn["value"] for turn in turns if turn.get("from") in ("human", "user")), None)
+        answer = next((turn["value"] for turn in turns if turn.get("from") in ("gpt", "assistant")), None)
+        if human is None or answer is None:
+            raise ValueError(f"{where}: 'conversations' needs a human turn and a gpt turn, got {turns!r}")
+        modality = row.get("modality") or next((key for key in LLAVA_MODALITY_KEYS if key in row), None)
+        row = {**row, "prompt": human, "answer": answer, "modality": modality, "media": row.get(modality)}
+    missing = [key for key in ("modality", "prompt", "answer") if row.get(key) in (None, "")]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing}; a sample needs modality, media, prompt and answer")
+    task = row.get("task", "caption")
+    if task not in TASKS:
+        raise ValueError(f"{where}: field 'task' must be one of {TASKS}, got {task!r}")
+    media = row.get("media")
+    if isinstance(media, str) and media_root is not None and not os.path.isabs(media):
+        media = str(media_root / media)
+    answer = row["answer"]
+    if isinstance(answer, list):  # several reference captions: train on the first, score against all
+        answer = answer[0]
+    return {
+        "id": str(row.get("id", where)),
+        "modality": row["modality"],
+        "media": media,
+        "prompt": row["prompt"],
+        "answer": answer,
+        "task": task,
+        "dataset": row.get("dataset", ""),
+    }
+
+
+def load_samples(
+    source: str | os.PathLike | Dataset | Iterable[dict],
+    media_root: str | os.PathLike | None = None,
+    check_media: bool = True,
+    **defaults,
+) -> Dataset:
+    """
+    Load samples from a JSON/JSONL file, a `datasets.Dataset` or a list of dicts into a `Dataset` of the project's
+    sample format. `defaults` fill fields that rows leave out (e.g. `modality="audio", dataset="AudioCaps"`).
+
+    With `check_media`, every media path is checked now, so that a missing file stops the run before training.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"sample file not found: {path}")
+        media_root = Path(media_root) if media_root is not None else path.parent
+        rows = _read_json_rows(path)
+        name = str(path)
+    else:
+        media_root = Path(media_root) if media_root is not None else None
+        rows = source
+        name = "dataset"
+    samples = [_normalize_row(dict(row), f"{name}, row {i + 1}", media_root, defaults) for i, row in enumerate(rows)]
+    if not samples:
+        raise ValueError(f"{name}: no samples")
+    if check_media:
+        check_media_files(samples, name)
+    return Dataset.from_list(samples)
+
+
+def _read_json_rows(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg})") from error
+        return rows
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from error
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of samples (or a .jsonl file), got {type(data).__name__}")
+    return data
+
+
+def check_media_files(samples: Iterable[dict], name: str = "dataset"):
+    """Raise `MediaError` naming every missing or unreadable media file (up to 10) and how many there are."""
+    problems = []
+    for sample in samples:
+        media = sample["media"]
+        if isinstance(media, str):
+            if not os.path.isfile(media):
+                problems.append(f"{media} (sample {sample['id']}): no such file")
+            elif not os.access(media, os.R_OK) or os.path.getsize(media) == 0:
+                problems.append(f"{media} (sample {sample['id']}): unreadable or empty")
+        elif media is None:
+            problems.append(f"sample {sample['id']}: no media")
+    if problems:
+        shown = "\n  ".join(problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise MediaError(f"{name}: {len(problems)} media file(s) missing or unreadable:\n  {shown}{more}")
+
+
+# --- media readers -------------------------------------------------------------------------------------------------
+def read_wav(path: str) -> tuple[np.ndarray, int]:
+    """A PCM WAV file as a float32 mono waveform in [-1, 1] and its sampling rate (standard library only)."""
+    with wave.open(path, "rb") as audio:
+        rate, channels, width = audio.getframerate(), audio.getnchannels(), audio.getsampwidth()
+        frames = audio.readframes(audio.getnframes())
+    dtype = {1: np.uint8, 2: np.int16, 4: np.int32}.get(width)
+    if dtype is None:
+        raise MediaError(f"{path}: unsupported WAV sample width of {width} bytes")
+    waveform = np.frombuffer(frames, dtype=dtype).astype(np.float32)
+    waveform = (waveform - 128) / 128 if dtype is np.uint8 else waveform / np.iinfo(dtype).max
+    return waveform.reshape(-1, channels).mean(axis=1), rate
+
+
+def read_video(path: str) -> np.ndarray:
+    """Decode a video file into an array `(frames, H, W, 3)` with PyAV (`pip install av`)."""
+    try:
+        import av
+    except ImportError as error:
+        raise MediaError(
+            f"{path}: decoding video files needs PyAV (`pip install av`), or store frames as .npy"
+        ) from error
+    with av.open(path) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def read_media(media: Any, modality_kind: str) -> Any:
+    """Turn a sample's `media` (path or array) into what `MeraProcessor` takes for this modality kind."""
+    if not isinstance(media, str):
+        return np.asarray(media)
+    suffix = Path(media).suffix.lower()
+    try:
+        if suffix == ".npy":
+            return np.load(media)
+        if suffix == ".npz":
+            with np.load(media) as archive:
+                return archive[archive.files[0]]
+        if modality_kind == "image":
+            from PIL import Image
+
+            with Image.open(media) as image:
+                return image.convert("RGB")
+        if modality_kind == "audio" and suffix == ".wav":
+            return read_wav(media)
+        if modality_kind == "video":
+            return read_video(media)
+        if modality_kind == "point_cloud" and suffix in (".txt", ".xyz", ".pts"):
+            return np.loadtxt(media, dtype=np.float32, delimiter="," if suffix == ".txt" else None)
+    except MediaError:
+        raise
+    except Exception as error:
+        raise MediaError(f"{media}: cannot read as {modality_kind} ({type(error).__name__}: {error})") from error
+    raise MediaError(f"{media}: no reader for {suffix!r} files of modality kind {modality_kind!r}")
+
+
+class MeraDataCollator:
+    """
+    Read a batch's media, tokenise prompts and answers with `MeraProcessor` (prompt masked out of `labels`), pad,
+    and batch each modality's inputs. Batches may mix modalities.
+    """
+
+    def __init__(self, processor, max_length: int | None = None, padding_side: str = "right"):
+        self.processor = processor
+        self.max_length = max_length
+        self.padding_side = padding_side
+
+    def _prompt_with_placeholder(self, sample: dict) -> str:
+        placeholder = self.processor.config.modalities[sample["modality"]]["placeholder"]
+        prompt = sample["prompt"]
+        return prompt if placeholder in prompt else f"{placeholder}\n{prompt}"
+
+    def __call__(self, samples: list[dict]) -> dict:
+        prompts, media, answers = [], [], []
+        for sample in samples:
+            modality = sample["modality"]
+            if modality not in self.processor.config.modalities:
+                raise ValueError(
+                    f"sample {sample['id']}: modality {modality!r} is not in the model "
+                    f"(it has {list(self.processor.config.modalities)})"
+                )
+            kind = self.processor.config.modalities[modality]["kind"]
+            prompts.append(self._prompt_with_placeholder(sample))
+            media.append({modality: read_media(sample["media"], kind)})
+            answers.append(sample["answer"])
+        batch = self.processor(
+            prompts, media=media, answers=answers, padding_side=self.padding_side, max_length=self.max_length
+        )
+        return dict(batch)

@@ -1,0 +1,196 @@
+"""
+TRL trainers for one MERA stage: `MeraSFTTrainer` (the standard two-phase MLLM training, with the trainable set
+given by name) and `RealignTrainer` (connector-only realigning on a replay set).
+"""
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+from peft import LoraConfig, PeftModel
+from trl import SFTConfig, SFTTrainer
+
+from .data import MeraDataCollator
+
+# Table 9 of the paper (AdamW, cosine decay, warm-up ratio 0.03, one epoch).
+PAPER_PHASES = {
+    "pretrain": {"per_device_train_batch_size": 128, "learning_rate": 1e-3, "trainable": ["connector:new"]},
+    "finetune": {
+        "per_device_train_batch_size": 16,
+        "learning_rate": 2e-4,
+        "connector_learning_rate": 2e-5,
+        "trainable": ["connector:new", "llm:lora"],
+    },
+    "realign": {"per_device_train_batch_size": 16, "learning_rate": 2e-5, "trainable": ["connectors"]},
+}
+
+
+@dataclass
+class MeraSFTConfig(SFTConfig):
+    """
+    `SFTConfig` with the settings a multimodal MERA batch needs, and two fields of its own.
+
+    Defaults that differ from `SFTConfig`: `remove_unused_columns=False` and `skip_prepare_dataset` (the collator
+    tokenises), `bf16` only where a GPU supports it (TRL turns it on everywhere, which on a CPU is slow autocast),
+    `activation_checkpointing=False` (turn it on for large LLMs), no external loggers, no intermediate checkpoints
+    (a stage resumes from its last finished phase), cosine decay with 3% warm-up, one epoch.
+    """
+
+    trainable: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "What trains, by name: 'connector:NAME', 'connector:new' (the newest modality's), 'connectors' "
+            "(all), 'llm:lora' (the LoRA adapter), 'llm' (every LLM weight), 'encoder:NAME'. Everything else is "
+            "frozen. Unset: the trainer's default (MeraSFTTrainer: 'connector:new'; RealignTrainer: 'connectors')."
+        },
+    )
+    connector_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of connector parameters; `learning_rate` when unset."}
+    )
+    remove_unused_columns: bool = False
+    dataset_kwargs: dict | None = field(default_factory=lambda: {"skip_prepare_dataset": True})
+    bf16: bool | None = None
+    activation_checkpointing: bool = False
+    gradient_checkpointing: bool | None = None
+    report_to: str | list[str] = "none"
+    save_strategy: str = "no"
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.03
+    num_train_epochs: float = 1.0
+    max_length: int | None = None
+    logging_steps: float = 10
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = bool(not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        super().__post_init__()
+
+
+def paper_phase_config(phase: str, output_dir: str, **overrides) -> MeraSFTConfig:
+    """The paper's hyper-parameters for a phase ('pretrain', 'finetune', 'realign'), with overrides."""
+    if phase not in PAPER_PHASES:
+        raise ValueError(f"unknown phase {phase!r}; expected one of {list(PAPER_PHASES)}")
+    return MeraSFTConfig(output_dir=output_dir, **{**PAPER_PHASES[phase], **overrides})
+
+
+def llm_lora_config(model, r: int = 128, lora_alpha: int = 128, lora_dropout: float = 0.05, **kwargs) -> LoraConfig:
+    """LoRA on every linear layer of the LLM (not the LM head, encoders or connectors), as in the paper."""
+    linear_names = sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.language_model.named_modules()
+            if isinstance(module, torch.nn.Linear)
+        }
+    )
+    pattern = r".*\.language_model\..*\.(" + "|".join(map(re.escape, linear_names)) + r")$"
+    return LoraConfig(
+        r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=pattern, task_type="CAUSAL_LM", **kwargs
+    )
+
+
+def unwrap_mera(model):
+    """The `MeraForCausalLM` inside a `PeftModel` (or the model itself)."""
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def _matches(name: str, spec: str, newest_modality: str) -> bool:
+    """Whether parameter `name` (of a MeraForCausalLM, possibly PEFT-wrapped) belongs to the trainable part `spec`."""
+    kind, _, target = spec.partition(":")
+    if kind == "connector" and target == "new":
+        target = newest_modality
+    if kind in ("connector", "connectors"):
+        return f"model.connectors.{target}." in name if target else "model.connectors." in name
+    if kind == "encoder":
+        return f"model.encoders.{target}." in name
+    if kind == "llm" and target == "lora":
+        return "lora_" in name
+    if kind == "llm" and not target:
+        return ("model.language_model." in name or name.endswith("lm_head.weight")) and "lora_" not in name
+    raise ValueError(
+        f"unknown trainable part {spec!r}; use 'connector:NAME', 'connector:new', 'connectors', 'llm:lora', 'llm' "
+        "or 'encoder:NAME'"
+    )
+
+
+def set_trainable(model, trainable: list[str]) -> dict[str, int]:
+    """Freeze everything, then unfreeze the named parts. Returns the number of trainable parameters per part."""
+    mera = unwrap_mera(model)
+    if not mera.modalities and any(spec.startswith("connector") for spec in trainable):
+        raise ValueError("the model has no modality yet: there is no connector to train")
+    newest = mera.modalities[-1] if mera.modalities else ""
+    if "llm:lora" in trainable and not isinstance(model, PeftModel):
+        raise ValueError("'llm:lora' is trainable but the model has no LoRA adapter; pass a peft_config")
+    counts = dict.fromkeys(trainable, 0)
+    for name, parameter in model.named_parameters():
+        matched = [spec for spec in trainable if _matches(name, spec, newest)]
+        parameter.requires_grad_(bool(matched))
+        for spec in matched:
+            counts[spec] += parameter.numel()
+    empty = [spec for spec, count in counts.items() if count == 0]
+    if empty:
+        raise ValueError(f"trainable part(s) {empty} match no parameter; the model's modalities are {mera.modalities}")
+    return counts
+
+
+class MeraSFTTrainer(SFTTrainer):
+    """
+    `SFTTrainer` for a `MeraForCausalLM` on the project's sample format.
+
+    The processor is a `MeraProcessor` (the collator tokenises and reads media); the trainable set comes from
+    `args.trainable`; connector parameters may get their own learning rate (`args.connector_learning_rate`).
+    With a `peft_config`, TRL wraps the model in a `PeftModel` first.
+    """
+
+    default_trainable = ("connector:new",)
+
+    def __init__(self, model, args: MeraSFTConfig, train_dataset, processor, peft_config=None, **kwargs):
+        if not isinstance(args, MeraSFTConfig):
+            raise TypeError(f"args must be a MeraSFTConfig, got {type(args).__name__}")
+        kwargs.setdefault("data_collator", MeraDataCollator(processor, max_length=args.max_length))
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            processing_class=processor.tokenizer,
+            peft_config=peft_config,
+            **kwargs,
+        )
+        self.processor = processor
+        if args.trainable is None:
+            args.trainable = list(self.default_trainable)
+        self.trainable_counts = set_trainable(self.model, args.trainable)
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None:
+            return self.optimizer
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        connector_lr = self.args.connector_learning_rate or self.args.learning_rate
+        groups = {}
+        for name, parameter in opt_model.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            lr = connector_lr if ".connectors." in name else self.args.learning_rate
+            weight_decay = self.args.weight_decay if name in decay else 0.0
+            groups.setdefault((lr, weight_decay), []).append(parameter)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        param_groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+
+class RealignTrainer(MeraSFTTrainer):
+    """
+    MERA's realign step: every connector trains on the replay set with the autoregressive loss, while the encoders
+    and the LLM (LoRA included) stay frozen.
+    """
+
+    default_trainable = ("connectors",)
+
+    def __init__(self, model, args: MeraSFTConfig, train_dataset, processor, **kwargs):
+        if kwargs.get("peft_config") is not None:
+            raise ValueError("RealignTrainer trains connectors only; it takes no peft_config")
+        not_connectors = [spec for spec in args.trainable or [] if not spec.startswith("connector")]
+        if not_connectors:
+            raise ValueError(f"RealignTrainer trains connectors only; args.trainable also names {not_connectors}")
+        super().__init__(model, args, train_dataset, processor, **kwargs)
