@@ -1,0 +1,198 @@
+"""Generation-based evaluation of a `MeraForCausalLM` on test sets: predictions, per-dataset scores, JSON.
+
+A test set is a list of samples in the project's format (see `trainers.data`):
+
+    {"id": "coco-1", "modality": "image", "media": "images/1.jpg", "prompt": "Describe the image.",
+     "answer": ["A dog on a sofa.", "A brown dog lying on a couch."], "task": "caption", "dataset": "MSCOCO"}
+
+`answer` may be a list: all reference captions for a caption sample, all acceptable answers for a QA sample.
+Pass raw rows (or a `datasets.Dataset` that kept the lists): `trainers.data.load_samples` keeps only the first
+reference, which suits training but not scoring.
+
+Scores follow the paper: CIDEr-D x 100 for caption sets, judged accuracy (a fraction) for QA sets. The per-dataset
+`scores` of the result are exactly one entry of a score matrix's `stages` (see `trainers.continual_metrics`).
+
+Example:
+
+```python
+>>> from trainers.evaluation import evaluate_model
+>>> result = evaluate_model(model, processor, samples, judge="match", output_file="runs/stage-2/eval.json")
+>>> result["scores"]
+{'MSCOCO': 54.52, 'OK-VQA': 0.172, 'MSVD': 130.22, 'MSVD-QA': 0.555}
+```
+"""
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .cider import score_captions
+from .data import TASKS, read_media
+from .judges import Judge, get_judge, score_qa
+
+__all__ = ["generate_predictions", "score_predictions", "evaluate_model"]
+
+REQUIRED_FIELDS = ("modality", "media", "prompt", "answer", "task", "dataset")
+
+
+def _check_samples(samples: Sequence[dict], modalities: Iterable[str] | None = None) -> None:
+    known = set(modalities) if modalities is not None else None
+    for index, sample in enumerate(samples):
+        where = f"test sample {index} (id {sample.get('id', '?')!r})"
+        missing = [key for key in REQUIRED_FIELDS if sample.get(key) in (None, "", [])]
+        if missing:
+            raise ValueError(f"{where}: missing field(s) {missing}; a test sample needs {list(REQUIRED_FIELDS)}.")
+        if sample["task"] not in TASKS:
+            raise ValueError(f"{where}: 'task' must be one of {TASKS}, got {sample['task']!r}.")
+        if known is not None and sample["modality"] not in known:
+            raise ValueError(f"{where}: modality {sample['modality']!r} is not in the model (it has {sorted(known)}).")
+
+
+def _prompt_with_placeholder(processor, sample: dict) -> str:
+    # As in training (trainers.data.MeraDataCollator): without an explicit placeholder, the media goes first.
+    placeholder = processor.config.modalities[sample["modality"]]["placeholder"]
+    prompt = sample["prompt"]
+    return prompt if placeholder in prompt else f"{placeholder}\n{prompt}"
+
+
+@torch.no_grad()
+def generate_predictions(
+    model,
+    processor,
+    samples: Sequence[dict],
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+    progress: bool = True,
+    **generate_kwargs,
+) -> list[str]:
+    """Greedy answers of `model` to every sample, in the order of `samples`.
+
+    Samples are batched per modality (one encoder per batch), prompts are left-padded so that generation continues
+    right after each prompt, and only the newly generated tokens are decoded. `generate_kwargs` go to
+    `model.generate` (greedy decoding unless they say otherwise).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    samples = list(samples)
+    _check_samples(samples, model.config.modalities)
+    by_modality: dict[str, list[int]] = {}
+    for index, sample in enumerate(samples):
+        by_modality.setdefault(sample["modality"], []).append(index)
+    batches = [
+        indices[start : start + batch_size]
+        for indices in by_modality.values()
+        for start in range(0, len(indices), batch_size)
+    ]
+    tokenizer = processor.tokenizer
+    generate_kwargs = {"do_sample": False, "num_beams": 1, **generate_kwargs}
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    generate_kwargs.setdefault("pad_token_id", pad_token_id)
+    was_training = model.training
+    model.eval()
+    predictions: list[str | None] = [None] * len(samples)
+    try:
+        for batch_indices in tqdm(batches, desc="generating", disable=not progress):
+            batch_samples = [samples[i] for i in batch_indices]
+            kinds = [processor.config.modalities[s["modality"]]["kind"] for s in batch_samples]
+            batch = processor(
+                [_prompt_with_placeholder(processor, s) for s in batch_samples],
+                media=[{s["modality"]: read_media(s["media"], kind)} for s, kind in zip(batch_samples, kinds)],
+                padding_side="left",
+            ).to(model.device)
+            output = model.generate(**batch, max_new_tokens=max_new_tokens, **generate_kwargs)
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            for index, text in zip(batch_indices, processor.batch_decode(new_tokens, skip_special_tokens=True)):
+                predictions[index] = text.strip()
+    finally:
+        model.train(was_training)
+    return predictions
+
+
+def score_predictions(samples: Sequence[dict], predictions: Sequence[str], judge: Judge | str | None = None) -> dict:
+    """Score predictions per dataset: CIDEr-D x 100 for caption sets, judged accuracy for QA sets.
+
+    Args:
+        samples: the test samples (each with `dataset`, `task`, `modality`, `prompt`, `answer`).
+        predictions: one predicted text per sample.
+        judge: a `Judge`, a judge name, or `None` for the default (`gpt` with `OPENAI_API_KEY`, else `match`).
+
+    Returns:
+        `{"scores": {dataset: score}, "datasets": {dataset: details}}`; the details hold the modality, task, metric,
+        number of samples and, for QA sets, the judge and its failures.
+    """
+    samples = list(samples)
+    if len(samples) != len(predictions):
+        raise ValueError(f"got {len(samples)} samples but {len(predictions)} predictions; they must match.")
+    _check_samples(samples)
+    groups: dict[str, list[int]] = {}
+    for index, sample in enumerate(samples):
+        groups.setdefault(sample["dataset"], []).append(index)
+    if judge is None or isinstance(judge, str):
+        judge = get_judge(judge) if any(s["task"] == "qa" for s in samples) else None
+
+    scores, details = {}, {}
+    for dataset, indices in groups.items():
+        tasks = {samples[i]["task"] for i in indices}
+        modalities = {samples[i]["modality"] for i in indices}
+        if len(tasks) > 1 or len(modalities) > 1:
+            raise ValueError(
+                f"dataset {dataset!r} mixes tasks {sorted(tasks)} and/or modalities {sorted(modalities)}; one "
+                "dataset is scored with one metric, so give each task and modality its own dataset name."
+            )
+        task = tasks.pop()
+        answers = [samples[i]["answer"] for i in indices]
+        dataset_predictions = [predictions[i] for i in indices]
+        if task == "caption":
+            result = score_captions(dataset_predictions, answers)
+        else:
+            questions = [samples[i]["prompt"] for i in indices]
+            result = score_qa(judge, questions, answers, dataset_predictions)
+            result["score"] = result["accuracy"]
+        per_sample = result.pop("per_sample", None) or result.pop("verdicts", None)
+        details[dataset] = {"modality": modalities.pop(), "task": task, **result, "per_sample": per_sample}
+        scores[dataset] = result["score"]
+    return {"scores": scores, "datasets": details}
+
+
+def evaluate_model(
+    model,
+    processor,
+    samples: Sequence[dict],
+    judge: Judge | str | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+    output_file: str | os.PathLike | None = None,
+    progress: bool = True,
+    **generate_kwargs,
+) -> dict:
+    """Generate an answer for every sample, score every dataset, and optionally write it all to `output_file`.
+
+    Returns `{"scores": {dataset: score}, "datasets": {...}, "predictions": [{"id", "dataset", "prediction",
+    "answer"}, ...]}`. The JSON file is written atomically (temp file, then rename).
+    """
+    samples = list(samples)
+    predictions = generate_predictions(
+        model, processor, samples, batch_size, max_new_tokens, progress=progress, **generate_kwargs
+    )
+    result = score_predictions(samples, predictions, judge)
+    result["predictions"] = [
+        {
+            "id": sample.get("id", str(index)),
+            "dataset": sample["dataset"],
+            "modality": sample["modality"],
+            "prediction": prediction,
+            "answer": sample["answer"],
+        }
+        for index, (sample, prediction) in enumerate(zip(samples, predictions))
+    ]
+    if output_file is not None:
+        path = Path(output_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(temporary, path)
+    return result
