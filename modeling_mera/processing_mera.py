@@ -147,13 +147,14 @@ class MeraProcessor:
             return torch.stack([processor(images=frames, return_tensors="pt")["pixel_values"] for frames in clips])
         if modality.kind == "audio":
             return self._prepare_audio(name, items, modality)
-        rng = np.random.default_rng(self.seed)
         channels = self.config.modality(name).encoder.point_channels
         clouds = []
         for item in items:
             item = np.asarray(item)
             if item.ndim != 2 or item.shape[1] < channels:
                 raise ValueError(f"{name}: a point cloud must be an array (points, >= {channels}), got {item.shape}")
+            # A fresh generator per cloud: a cloud is sampled the same way wherever it sits in a batch.
+            rng = np.random.default_rng(self.seed)
             clouds.append(normalize_point_cloud(item[:, :channels], modality.num_points, rng))
         return torch.from_numpy(np.stack(clouds))
 

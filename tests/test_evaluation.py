@@ -26,7 +26,6 @@ def model_and_samples(tmp_path_factory):
 
 def test_batched_greedy_decoding_equals_one_sample_at_a_time(model_and_samples):
     model, processor, samples = model_and_samples
-    samples = [sample for sample in samples if sample["modality"] != "point_cloud"]  # see the xfail below
     batched = generate_predictions(model, processor, samples, batch_size=4, max_new_tokens=5, progress=False)
     single = generate_predictions(model, processor, samples, batch_size=1, max_new_tokens=5, progress=False)
     assert batched == single
@@ -42,19 +41,6 @@ def test_batched_greedy_decoding_equals_one_sample_at_a_time(model_and_samples):
     output = model.generate(**batch, max_new_tokens=5, do_sample=False, pad_token_id=0)
     expected = processor.decode(output[0, batch["input_ids"].shape[1] :], skip_special_tokens=True).strip()
     assert batched[3] == expected
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="MeraProcessor seeds its point sampler once per call, so which points of a cloud are kept depends on "
-    "the cloud's position in the batch (modeling_mera/processing_mera.py, prepare_modality)",
-)
-def test_point_cloud_predictions_do_not_depend_on_the_batch(model_and_samples):
-    model, processor, samples = model_and_samples
-    samples = [sample for sample in samples if sample["modality"] == "point_cloud"]
-    batched = generate_predictions(model, processor, samples, batch_size=6, max_new_tokens=5, progress=False)
-    single = generate_predictions(model, processor, samples, batch_size=1, max_new_tokens=5, progress=False)
-    assert batched == single
 
 
 def test_score_predictions_per_dataset():

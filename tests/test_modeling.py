@@ -20,8 +20,6 @@ from conftest import (
     tiny_whisper_config,
 )
 from transformers import (
-    AutoModel,
-    AutoModelForCausalLM,
     CLIPConfig,
     CLIPModel,
     LlavaConfig,

@@ -11,6 +11,8 @@ A sample is one prompt/answer pair about one media item:
 - `prompt` may name its placeholder (`"<image>\\nDescribe the image."`); when it does not, the placeholder is put
   first, as in LLaVA.
 - `task` is "caption" or "qa"; `dataset` names the data set the sample is scored in.
+- `answer` may be a list of references (e.g. COCO's five captions): training uses the first, scoring uses all;
+  `references` holds them (a one-item list when the answer is a single string).
 
 LLaVA's conversation style is read too: `{"id", "image": "1.jpg", "conversations": [{"from": "human", "value":
 "<image>\\nWhat is it?"}, {"from": "gpt", "value": "A dog."}]}`, the modality being whichever modality key the row
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
-SAMPLE_COLUMNS = ("id", "modality", "media", "prompt", "answer", "task", "dataset")
+SAMPLE_COLUMNS = ("id", "modality", "media", "prompt", "answer", "references", "task", "dataset")
 TASKS = ("caption", "qa")
 LLAVA_MODALITY_KEYS = ("image", "video", "audio", "point_cloud")
 
@@ -57,14 +59,15 @@ def _normalize_row(row: dict, where: str, media_root: Path | None, defaults: dic
     if isinstance(media, str) and media_root is not None and not os.path.isabs(media):
         media = str(media_root / media)
     answer = row["answer"]
-    if isinstance(answer, list):  # several reference captions: train on the first, score against all
-        answer = answer[0]
+    references = list(answer) if isinstance(answer, list) else [answer]
+    references = [str(reference) for reference in row.get("references") or references]
     return {
         "id": str(row.get("id", where)),
         "modality": row["modality"],
         "media": media,
         "prompt": row["prompt"],
-        "answer": answer,
+        "answer": references[0] if isinstance(answer, list) else answer,
+        "references": references,
         "task": task,
         "dataset": row.get("dataset", ""),
     }
@@ -194,6 +197,13 @@ def read_media(media: Any, modality_kind: str) -> Any:
     raise MediaError(f"{media}: no reader for {suffix!r} files of modality kind {modality_kind!r}")
 
 
+def prompt_with_placeholder(config, sample: dict) -> str:
+    """The sample's prompt; without an explicit placeholder, the media goes first, as in LLaVA."""
+    placeholder = config.modalities[sample["modality"]]["placeholder"]
+    prompt = sample["prompt"]
+    return prompt if placeholder in prompt else f"{placeholder}\n{prompt}"
+
+
 class MeraDataCollator:
     """
     Read a batch's media, tokenise prompts and answers with `MeraProcessor` (prompt masked out of `labels`), pad,
@@ -205,11 +215,6 @@ class MeraDataCollator:
         self.max_length = max_length
         self.padding_side = padding_side
 
-    def _prompt_with_placeholder(self, sample: dict) -> str:
-        placeholder = self.processor.config.modalities[sample["modality"]]["placeholder"]
-        prompt = sample["prompt"]
-        return prompt if placeholder in prompt else f"{placeholder}\n{prompt}"
-
     def __call__(self, samples: list[dict]) -> dict:
         prompts, media, answers = [], [], []
         for sample in samples:
@@ -220,7 +225,7 @@ class MeraDataCollator:
                     f"(it has {list(self.processor.config.modalities)})"
                 )
             kind = self.processor.config.modalities[modality]["kind"]
-            prompts.append(self._prompt_with_placeholder(sample))
+            prompts.append(prompt_with_placeholder(self.processor.config, sample))
             media.append({modality: read_media(sample["media"], kind)})
             answers.append(sample["answer"])
         batch = self.processor(

@@ -6,8 +6,7 @@ A test set is a list of samples in the project's format (see `trainers.data`):
      "answer": ["A dog on a sofa.", "A brown dog lying on a couch."], "task": "caption", "dataset": "MSCOCO"}
 
 `answer` may be a list: all reference captions for a caption sample, all acceptable answers for a QA sample.
-Pass raw rows (or a `datasets.Dataset` that kept the lists): `trainers.data.load_samples` keeps only the first
-reference, which suits training but not scoring.
+Samples loaded with `trainers.data.load_samples` carry them all in `references`, which scoring prefers.
 
 Scores follow the paper: CIDEr-D x 100 for caption sets, judged accuracy (a fraction) for QA sets. The per-dataset
 `scores` of the result are exactly one entry of a score matrix's `stages` (see `trainers.continual_metrics`).
@@ -31,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .cider import score_captions
-from .data import TASKS, read_media
+from .data import TASKS, prompt_with_placeholder, read_media
 from .judges import Judge, get_judge, score_qa
 
 __all__ = ["generate_predictions", "score_predictions", "evaluate_model"]
@@ -50,13 +49,6 @@ def _check_samples(samples: Sequence[dict], modalities: Iterable[str] | None = N
             raise ValueError(f"{where}: 'task' must be one of {TASKS}, got {sample['task']!r}.")
         if known is not None and sample["modality"] not in known:
             raise ValueError(f"{where}: modality {sample['modality']!r} is not in the model (it has {sorted(known)}).")
-
-
-def _prompt_with_placeholder(processor, sample: dict) -> str:
-    # As in training (trainers.data.MeraDataCollator): without an explicit placeholder, the media goes first.
-    placeholder = processor.config.modalities[sample["modality"]]["placeholder"]
-    prompt = sample["prompt"]
-    return prompt if placeholder in prompt else f"{placeholder}\n{prompt}"
 
 
 @torch.no_grad()
@@ -99,7 +91,7 @@ def generate_predictions(
             batch_samples = [samples[i] for i in batch_indices]
             kinds = [processor.config.modalities[s["modality"]]["kind"] for s in batch_samples]
             batch = processor(
-                [_prompt_with_placeholder(processor, s) for s in batch_samples],
+                [prompt_with_placeholder(processor.config, s) for s in batch_samples],
                 media=[{s["modality"]: read_media(s["media"], kind)} for s, kind in zip(batch_samples, kinds)],
                 padding_side="left",
             ).to(model.device)
@@ -144,7 +136,7 @@ def score_predictions(samples: Sequence[dict], predictions: Sequence[str], judge
                 "dataset is scored with one metric, so give each task and modality its own dataset name."
             )
         task = tasks.pop()
-        answers = [samples[i]["answer"] for i in indices]
+        answers = [samples[i].get("references") or samples[i]["answer"] for i in indices]
         dataset_predictions = [predictions[i] for i in indices]
         if task == "caption":
             result = score_captions(dataset_predictions, answers)
