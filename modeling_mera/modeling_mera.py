@@ -7,7 +7,7 @@ from dataclasses import fields
 
 import torch
 from torch import nn
-from transformers import AutoModel, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_mera import MeraConfig, MeraModalityConfig
@@ -169,6 +169,22 @@ class MeraForCausalLM(MeraPreTrainedModel, GenerationMixin):
         for name, modality in config.modalities.items():
             if modality["num_tokens"] is None:
                 modality["num_tokens"] = self.count_feature_tokens(name)
+
+    @classmethod
+    def from_language_model(cls, name_or_path: str, **from_pretrained_kwargs) -> "MeraForCausalLM":
+        """
+        A MERA model with no modality yet around a pre-trained causal LM (a Hub id or folder), e.g.
+        `MeraForCausalLM.from_language_model("meta-llama/Meta-Llama-3-8B-Instruct", dtype=torch.float16)`.
+        The LM's weights are used as they are, not copied: the shell is built on the meta device.
+        """
+        language_model = AutoModelForCausalLM.from_pretrained(name_or_path, **from_pretrained_kwargs)
+        config = MeraConfig(text_config=language_model.config)
+        with torch.device("meta"):
+            model = cls(config)
+        model.model.language_model = language_model.get_decoder()
+        model.lm_head = language_model.get_output_embeddings()
+        model.generation_config = language_model.generation_config
+        return model
 
     @property
     def language_model(self) -> nn.Module:

@@ -314,7 +314,8 @@ class MeraProcessor:
         settings_file = cached_file(str(name_or_path), PROCESSOR_CONFIG_NAME, revision=revision, **kwargs)
         settings = json.loads(Path(settings_file).read_text())
         config = MeraConfig.from_pretrained(name_or_path, revision=revision, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, **kwargs)
+        # Passing the config keeps AutoTokenizer from resolving (and asking to trust) the remote-code config.
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, config=config, **kwargs)
         processors = {}
         for name in settings["modality_processors"]:
             auto_class = FEATURE_PROCESSOR_CLASSES[config.modality(name).kind]

@@ -1,0 +1,115 @@
+"""`run_stage`: a whole MERA stage (pre-train, fine-tune, merge, realign) from θ(i-1) to θi, saved atomically."""
+
+import json
+
+import pytest
+import torch
+from conftest import (
+    QFORMER,
+    build_tiny_model,
+    tiny_audio_processor,
+    tiny_clip_config,
+    tiny_image_processor,
+    tiny_point_bert_config,
+    tiny_processor,
+    tiny_whisper_config,
+    toy_samples,
+)
+
+from modeling_mera import MeraForCausalLM
+from trainers.continual import ModalitySpec, StageSettings, load_stage, run_stage
+from trainers.data import load_samples
+
+TINY_PHASE = {
+    "per_device_train_batch_size": 4,
+    "num_train_epochs": 2,
+    "warmup_ratio": 0.0,
+    "logging_steps": 1,
+    "disable_tqdm": True,
+}
+
+SPECS = {
+    "image": ModalitySpec(
+        "image",
+        encoder_config=tiny_clip_config(),
+        feature_processor=tiny_image_processor(),
+        options={"feature_layer": -2, "feature_select_strategy": "default"},
+    ),
+    "audio": ModalitySpec(
+        "audio",
+        encoder_config=tiny_whisper_config(),
+        connector=QFORMER,
+        feature_processor=tiny_audio_processor(),
+        options={"max_audio_seconds": 1.0},
+    ),
+    "point_cloud": ModalitySpec("point_cloud", encoder_config=tiny_point_bert_config(), options={"num_points": 64}),
+}
+
+
+def tiny_settings() -> StageSettings:
+    return StageSettings(
+        pretrain={**TINY_PHASE, "learning_rate": 1e-2},
+        finetune={**TINY_PHASE, "learning_rate": 5e-3, "connector_learning_rate": 1e-3},
+        realign={**TINY_PHASE, "learning_rate": 1e-3},
+        lora={"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
+        replay_ratio=25,
+        seed=0,
+    )
+
+
+def test_three_stages_of_run_stage(tmp_path):
+    base = build_tiny_model(())
+    processor = tiny_processor(base)
+    previous = base
+    for stage, modality in enumerate(("image", "audio", "point_cloud"), start=1):
+        data = load_samples(toy_samples(tmp_path / "data", modality, 4, seed=stage))
+        output = run_stage(
+            previous,
+            processor if stage == 1 else None,
+            SPECS[modality],
+            data,
+            tmp_path / f"stage-{stage}",
+            settings=tiny_settings(),
+        )
+        info = json.loads((output / "stage.json").read_text())
+        assert info["stage"] == stage and info["modality"] == modality
+        assert info["plugins"] == ["merge", "realign"]
+        assert info["log"]["merge"]["coefficient"] == pytest.approx(1 / stage)
+        # R_i holds ceil(25% of 8) = 2 samples of each stage so far, the current one included.
+        assert info["log"]["realign"]["samples"] == 2 * stage
+        assert not (tmp_path / f"stage-{stage}.partial").exists()
+        previous = output
+
+    model, processor, replay = load_stage(tmp_path / "stage-3")
+    assert model.modalities == ["image", "audio", "point_cloud"]
+    assert sorted(replay.stages) == [1, 2, 3]
+    batch = processor(
+        ["<image> describe", "<audio> describe", "<point_cloud> describe"],
+        media=[
+            {"image": torch.zeros(32, 32, 3, dtype=torch.uint8).numpy()},
+            {"audio": torch.zeros(16000).numpy()},
+            {"point_cloud": torch.rand(100, 3).numpy()},
+        ],
+        padding_side="left",
+    )
+    generated = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert batch["input_ids"].shape[1] < generated.shape[1] <= batch["input_ids"].shape[1] + 3
+    # The saved stage is a plain checkpoint: from_pretrained alone gives the same model.
+    reloaded = MeraForCausalLM.from_pretrained(tmp_path / "stage-3")
+    torch.testing.assert_close(reloaded(**batch).logits, model(**batch).logits, rtol=0, atol=0)
+
+
+def test_stage_errors_stop_before_training(tmp_path):
+    base = build_tiny_model(())
+    processor = tiny_processor(base)
+    image_data = load_samples(toy_samples(tmp_path / "data", "image", 2))
+    with pytest.raises(ValueError, match="stage 2 cannot follow a checkpoint with 0 modalities"):
+        run_stage(base, processor, SPECS["image"], image_data, tmp_path / "s", stage=2, settings=tiny_settings())
+    with pytest.raises(ValueError, match="learns 'audio' but its training data also holds modalities \\['image'\\]"):
+        run_stage(base, processor, SPECS["audio"], image_data, tmp_path / "s", settings=tiny_settings())
+    assert base.modalities == [] and not (tmp_path / "s").exists()
+    output = run_stage(base, processor, SPECS["image"], image_data, tmp_path / "s", settings=tiny_settings())
+    with pytest.raises(FileExistsError, match="never re-trained"):
+        run_stage(base, processor, SPECS["image"], image_data, output, settings=tiny_settings())
+    with pytest.raises(ValueError, match="'image' was already learnt"):
+        run_stage(output, None, SPECS["image"], image_data, tmp_path / "s2", settings=tiny_settings())
