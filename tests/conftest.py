@@ -1,6 +1,8 @@
 """Tiny, real Hugging Face objects built from configs: no network, a few hundred thousand parameters at most."""
 
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,8 +153,6 @@ def toy_samples(folder, modality: str, count: int, seed: int = 0) -> list[dict]:
     Samples whose answers depend on the media, written as real files (.png images, .wav audio, .npy clouds) so that
     the lazy readers are exercised: a caption and a QA pair per item.
     """
-    from pathlib import Path
-
     from PIL import Image
 
     folder = Path(folder)
@@ -182,17 +182,11 @@ def toy_samples(folder, modality: str, count: int, seed: int = 0) -> list[dict]:
             caption, question, answer = f"a {word}", "which shape is it ?", word
         else:
             raise ValueError(modality)
-        common = {"modality": modality, "media": str(path), "dataset": f"toy-{modality}"}
-        samples.append(
-            {
-                "id": f"{modality}-{index}-c",
-                "prompt": f"describe the {modality} .",
-                "answer": caption,
-                "task": "caption",
-                **common,
-            }
-        )
-        samples.append({"id": f"{modality}-{index}-q", "prompt": question, "answer": answer, "task": "qa", **common})
+        common = {"modality": modality, "media": str(path)}
+        caption_sample = {"prompt": f"describe the {modality} .", "answer": caption, "task": "caption", **common}
+        qa_sample = {"prompt": question, "answer": answer, "task": "qa", **common}
+        samples.append({"id": f"{modality}-{index}-c", "dataset": f"toy-{modality}-caption", **caption_sample})
+        samples.append({"id": f"{modality}-{index}-q", "dataset": f"toy-{modality}-qa", **qa_sample})
     return samples
 
 
@@ -204,3 +198,64 @@ def _write_wav(path, waveform, rate):
         audio.setsampwidth(2)
         audio.setframerate(rate)
         audio.writeframes((np.clip(waveform, -1, 1) * 32767).astype(np.int16).tobytes())
+
+
+TINY_PHASE_ARGS = {"per_device_train_batch_size": 4, "num_train_epochs": 2, "warmup_ratio": 0.0, "disable_tqdm": True}
+
+
+def write_tiny_run(folder, modalities=("image", "audio", "point_cloud"), samples_per_modality: int = 4) -> Path:
+    """A tiny language model folder, toy train/test JSONL files and a YAML run config pointing at them."""
+    import yaml
+    from transformers import LlamaForCausalLM
+
+    folder = Path(folder)
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    LlamaForCausalLM(tiny_text_config(len(tokenizer))).save_pretrained(folder / "lm")
+    tokenizer.save_pretrained(folder / "lm")
+    image_processor = {
+        "processor_class": "CLIPImageProcessorPil",
+        "size": {"shortest_edge": 32},
+        "crop_size": {"height": 32, "width": 32},
+    }
+    audio_processor = {
+        "processor_class": "WhisperFeatureExtractor",
+        "feature_size": 16,
+        "hop_length": 400,
+        "chunk_length": 1,
+        "n_fft": 400,
+    }
+    specs = {
+        "image": {"encoder_config": tiny_clip_config().to_dict(), "feature_processor": image_processor,
+                  "options": {"feature_layer": -2, "feature_select_strategy": "default"}},
+        "audio": {"encoder_config": tiny_whisper_config().to_dict(), "connector": QFORMER,
+                  "feature_processor": audio_processor, "options": {"max_audio_seconds": 1.0}},
+        "point_cloud": {"encoder_config": tiny_point_bert_config().to_dict(), "options": {"num_points": 64}},
+    }  # fmt: skip
+    entries = []
+    for index, name in enumerate(modalities):
+        for split, seed in (("train", index), ("test", 100 + index)):
+            samples = toy_samples(folder / "data" / name / split, name, samples_per_modality, seed=seed)
+            lines = [
+                json.dumps({**s, "media": str(Path(s["media"]).relative_to(folder / "data" / name))}) for s in samples
+            ]
+            (folder / "data" / name / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+        entries.append({"name": name, **specs[name], "train": f"{name}/train.jsonl", "test": f"{name}/test.jsonl"})
+    config = {
+        "language_model": str(folder / "lm"),
+        "modalities": entries,
+        "output_dir": str(folder / "run"),
+        "data_root": str(folder / "data"),
+        "method": "mera",
+        "replay_ratio": 25,
+        "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
+        "pretrain_args": {**TINY_PHASE_ARGS, "learning_rate": 1e-2},
+        "finetune_args": {**TINY_PHASE_ARGS, "num_train_epochs": 8, "learning_rate": 1e-2, "connector_learning_rate": 1e-3},
+        "realign_args": {**TINY_PHASE_ARGS, "learning_rate": 1e-3},
+        "seed": 0,
+        "eval_batch_size": 8,
+        "max_new_tokens": 4,
+    }
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
 from datasets import Dataset
 from peft import PeftModel
 
@@ -162,16 +163,19 @@ def load_stage(directory: str | os.PathLike) -> tuple[MeraForCausalLM, MeraProce
 def save_stage(model, processor: MeraProcessor, replay: ReplayBuffer, info: dict, output_dir: Path):
     """Write a stage checkpoint atomically: into a temporary sibling folder, renamed into place when complete."""
     output_dir = Path(output_dir)
-    temporary = output_dir.with_name(f".{output_dir.name}.saving")
-    shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(temporary)
-    processor.config = model.config
-    processor.save_pretrained(temporary)
-    replay.save(temporary / REPLAY_DIR)
-    (temporary / STAGE_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    os.replace(temporary, output_dir)
+    state = PartialState()
+    if state.is_main_process:  # under `accelerate launch`, every process holds the same model: one writes it
+        temporary = output_dir.with_name(f".{output_dir.name}.saving")
+        shutil.rmtree(temporary, ignore_errors=True)
+        model.save_pretrained(temporary)
+        processor.config = model.config
+        processor.save_pretrained(temporary)
+        replay.save(temporary / REPLAY_DIR)
+        (temporary / STAGE_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.replace(temporary, output_dir)
+    state.wait_for_everyone()
 
 
 def _check_stage_inputs(model: MeraForCausalLM, spec: ModalitySpec, stage: int, train_dataset: Dataset):
@@ -290,5 +294,6 @@ def run_stage(
         "seconds": round(time.time() - started, 1),
     }
     save_stage(ctx.model, processor, replay, info, output_dir)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    if PartialState().is_main_process:
+        shutil.rmtree(work_dir, ignore_errors=True)
     return output_dir

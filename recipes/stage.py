@@ -1,0 +1,55 @@
+"""
+One stage of a continual run: from the stage i-1 checkpoint (or the language model, for stage 1) to stage i.
+
+    python recipes/stage.py --config recipes/configs/paper_sequential.yaml --data_root /data/mera --stage 2
+    accelerate launch recipes/stage.py --config recipes/configs/paper_sequential.yaml --data_root /data/mera --stage 2
+    accelerate launch --num_processes 2 --cpu recipes/stage.py --config my.yaml --stage 1
+
+The stage reads `output_dir/stage-{i-1}` unless `--previous` names another checkpoint, and writes
+`output_dir/stage-{i}` atomically. GPU count and precision come from the accelerate config, not from here.
+"""
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import TrlParser
+
+from trainers.continual import is_finished_stage, run_stage
+from trainers.methods import get_method_plugins
+from trainers.runner import ContinualConfig, base_model_and_processor, build_stage_plan, load_stage_data
+
+
+@dataclass
+class StageArguments:
+    stage: int = field(default=1, metadata={"help": "Index of the stage to run, 1-based, in training order."})
+    previous: str | None = field(
+        default=None, metadata={"help": "Checkpoint of stage i-1 (default: output_dir/stage-{i-1})."}
+    )
+
+
+def main(config: ContinualConfig, args: StageArguments) -> int:
+    plan = build_stage_plan(config)
+    if not 1 <= args.stage <= len(plan):
+        raise ValueError(f"--stage must be between 1 and {len(plan)} for this config, got {args.stage}")
+    step = plan[args.stage - 1]
+    output_dir = Path(config.output_dir) / f"stage-{args.stage}"
+    if is_finished_stage(output_dir):
+        print(f"{output_dir} is already finished; a finished stage is never re-trained")
+        return 0
+    if args.stage == 1 and args.previous is None:
+        previous, processor = base_model_and_processor(config)
+    else:
+        previous, processor = Path(args.previous or Path(config.output_dir) / f"stage-{args.stage - 1}"), None
+        if not is_finished_stage(previous):
+            raise FileNotFoundError(f"stage {args.stage} needs the finished stage {args.stage - 1} in {previous}")
+    plugins = get_method_plugins(config.method, config)
+    train = load_stage_data(step.train_files)
+    run_stage(previous, processor, step.spec, train, output_dir, args.stage, plugins, config.stage_settings())
+    print(f"stage {args.stage} ({step.spec.name}) saved to {output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    config, stage_args = TrlParser((ContinualConfig, StageArguments)).parse_args_and_config()
+    sys.exit(main(config, stage_args))

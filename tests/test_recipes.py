@@ -1,0 +1,115 @@
+"""The recipes as a user runs them: dry run, a killed and resumed continual run, `accelerate launch` with 2 CPUs."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import write_tiny_run
+
+from trainers.runner import ContinualConfig, build_stage_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+
+def run_recipe(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "recipes" / script), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def test_dry_run_lists_stages_and_checks_media(tmp_path):
+    config = write_tiny_run(tmp_path)
+    result = run_recipe("continual.py", "--config", str(config), "--dry_run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "stage 1: image" in result.stdout and "stage 3: point_cloud" in result.stdout
+    assert "train       8 samples  (toy-audio-caption (caption): 4, toy-audio-qa (qa): 4)" in result.stdout
+    assert not (tmp_path / "run").exists(), "a dry run trains nothing and writes nothing"
+    (tmp_path / "data" / "audio" / "test" / "audio-2.wav").unlink()
+    result = run_recipe("continual.py", "--config", str(config), "--dry_run")
+    assert result.returncode != 0 and "audio-2.wav" in result.stderr and "no such file" in result.stderr
+
+
+def test_killed_continual_run_resumes_without_retraining_finished_stages(tmp_path):
+    config = write_tiny_run(tmp_path)
+    run = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "recipes" / "continual.py"), "--config", str(config)]
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (run / "eval" / "stage-2.json").exists():  # stage 3 starts right after stage 2 is evaluated
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run / "stage-3" / "stage.json").exists(), "the run was killed during stage 3"
+    finished = {stage: (run / stage / "model.safetensors").stat().st_mtime_ns for stage in ("stage-1", "stage-2")}
+
+    result = run_recipe("continual.py", "--config", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {stage: (run / stage / "model.safetensors").stat().st_mtime_ns for stage in finished} == finished
+    info = json.loads((run / "stage-3" / "stage.json").read_text())
+    assert info["modalities"] == ["image", "audio", "point_cloud"]
+    scores = json.loads((run / "scores.json").read_text())
+    assert len(scores["stages"]) == 3 and set(scores["stages"][2]) == {
+        f"toy-{m}-{t}" for m in ("image", "audio", "point_cloud") for t in ("caption", "qa")
+    }
+    report = json.loads((run / "report.json").read_text())
+    assert len(report["backward_relative_gain"]) == 3
+
+    # A run directory holds one run: other settings are refused instead of mixing two runs.
+    result = run_recipe("continual.py", "--config", str(config), "--method", "fine_tuning")
+    assert result.returncode != 0 and "holds a run with other settings (['method'])" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate launcher is not on PATH")
+def test_stage_recipe_under_accelerate_launch_with_two_cpu_processes(tmp_path):
+    config = write_tiny_run(tmp_path, modalities=("image", "audio"))
+    launch = [
+        "accelerate",
+        "launch",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--cpu",
+        "--mixed_precision",
+        "no",
+    ]
+    for stage in ("1", "2"):
+        command = [*launch, str(ROOT / "recipes" / "stage.py"), "--config", str(config), "--stage", stage]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"stage {stage} (" in result.stdout
+    info = json.loads((tmp_path / "run" / "stage-2" / "stage.json").read_text())
+    assert info["modalities"] == ["image", "audio"]
+    assert not list((tmp_path / "run").glob(".*.saving")), "no half-written checkpoint is left behind"
+
+
+def test_every_recipe_config_parses_and_plans_without_downloading():
+    configs = sorted((ROOT / "recipes" / "configs").glob("*.yaml"))
+    assert {path.name for path in configs} >= {"paper_sequential.yaml", "paper_reverse.yaml"}
+    for path in configs:
+        settings = yaml.safe_load(path.read_text())
+        config = ContinualConfig(**settings)
+        plan = build_stage_plan(config)
+        assert [step.stage for step in plan] == list(range(1, len(plan) + 1))
+        assert all(step.train_files and step.test_files for step in plan)
+    orders = {
+        name: [
+            step.spec.name
+            for step in build_stage_plan(
+                ContinualConfig(**yaml.safe_load((ROOT / "recipes" / "configs" / name).read_text()))
+            )
+        ]
+        for name in ("paper_sequential.yaml", "paper_reverse.yaml")
+    }
+    assert orders["paper_sequential.yaml"] == ["image", "video", "audio", "point_cloud"]
+    assert orders["paper_reverse.yaml"] == ["point_cloud", "audio", "video", "image"]

@@ -1,0 +1,274 @@
+"""
+A whole continual run: every stage of one method in one modality order, evaluated after every stage, resumable.
+
+    output_dir/
+      run_config.json        the resolved settings; a later call must not contradict them
+      stage-1/ ... stage-N/  stage checkpoints (model, processor, replay samples, stage.json)
+      eval/stage-i.json      predictions and scores of every modality learnt so far
+      scores.json            the score matrix (see `trainers.continual_metrics`)
+      report.json, report.txt
+    experts_dir/<modality>/  single-modality experts (the Relative Gain's upper bounds), shared between methods
+"""
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from datasets import concatenate_datasets
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
+from modeling_mera import MeraForCausalLM, MeraProcessor
+
+from .continual import ModalitySpec, StageSettings, is_finished_stage, load_stage, run_stage
+from .continual_metrics import ScoreMatrix, format_report, summarize
+from .data import load_samples
+from .evaluation import evaluate_model
+from .methods import get_method_plugins
+
+MODALITY_KEYS = {"name", "kind", "encoder_config", "encoder_weights", "connector", "feature_processor", "options"}
+MODALITY_DATA_KEYS = {"train", "test"}
+
+
+@dataclass
+class ContinualConfig:
+    """Everything a continual run needs; YAML files set these fields and the command line overrides them."""
+
+    language_model: str = field(default="", metadata={"help": "Hub id or folder of the causal LM to start from."})
+    modalities: list[dict] | None = field(
+        default=None,
+        metadata={
+            "help": "The modalities in sequential order, each a dict: name, kind, encoder_weights or encoder_config, "
+            "connector, feature_processor, options, and train / test (files relative to data_root)."
+        },
+    )
+    output_dir: str = field(default="runs/continual", metadata={"help": "Where stages, scores and reports go."})
+    experts_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where single-modality experts are trained/read (default: output_dir/experts)."},
+    )
+    data_root: str = field(default=".", metadata={"help": "Folder the modalities' train/test files are relative to."})
+    order: str = field(default="sequential", metadata={"help": "'sequential' (as listed) or 'reverse'."})
+    method: str = field(default="mera", metadata={"help": "Continual-learning method (see trainers.methods)."})
+    replay_ratio: float = field(default=10.0, metadata={"help": "Percent of each stage's data kept for replay."})
+    use_lora: bool = field(default=True, metadata={"help": "Fine-tune the LLM with LoRA (else every weight)."})
+    lora: dict | None = field(default=None, metadata={"help": "LoRA settings (paper: r=128, lora_alpha=128)."})
+    pretrain_args: dict | None = field(default=None, metadata={"help": "MeraSFTConfig overrides, pre-training."})
+    finetune_args: dict | None = field(default=None, metadata={"help": "MeraSFTConfig overrides, fine-tuning."})
+    realign_args: dict | None = field(default=None, metadata={"help": "MeraSFTConfig overrides, realigning."})
+    seed: int = field(default=42, metadata={"help": "Seed of training, replay sampling and data order."})
+    dtype: str = field(default="float32", metadata={"help": "dtype the LLM is loaded in (float32, bfloat16, ...)."})
+    use_chat_template: bool = field(default=False, metadata={"help": "Wrap prompts in the LLM's chat template."})
+    judge: str = field(default="match", metadata={"help": "QA judge: 'match' (offline) or 'gpt'."})
+    eval_batch_size: int = field(default=16, metadata={"help": "Batch size of evaluation's greedy decoding."})
+    max_new_tokens: int = field(default=32, metadata={"help": "Tokens generated per test answer."})
+    test_limit: int | None = field(default=None, metadata={"help": "Evaluate at most this many samples per file."})
+    train_experts: bool = field(default=True, metadata={"help": "Train missing single-modality experts."})
+
+    def __post_init__(self):
+        if self.order not in ("sequential", "reverse"):
+            raise ValueError(f"order must be 'sequential' or 'reverse', got {self.order!r}")
+        for index, modality in enumerate(self.modalities or []):
+            unknown = sorted(set(modality) - MODALITY_KEYS - MODALITY_DATA_KEYS)
+            if unknown:
+                raise ValueError(
+                    f"modalities[{index}] ({modality.get('name')!r}): unknown keys {unknown}; "
+                    f"known keys are {sorted(MODALITY_KEYS | MODALITY_DATA_KEYS)}"
+                )
+            for key in ("name", "train", "test"):
+                if not modality.get(key):
+                    raise ValueError(f"modalities[{index}]: '{key}' is required")
+
+    def stage_settings(self) -> StageSettings:
+        lora = {**StageSettings().lora, **(self.lora or {})}
+        return StageSettings(
+            pretrain=dict(self.pretrain_args or {}),
+            finetune=dict(self.finetune_args or {}),
+            realign=dict(self.realign_args or {}),
+            lora=lora,
+            use_lora=self.use_lora,
+            replay_ratio=self.replay_ratio,
+            seed=self.seed,
+        )
+
+
+@dataclass
+class StagePlan:
+    stage: int
+    spec: ModalitySpec
+    train_files: list[Path]
+    test_files: list[Path]
+
+
+def build_stage_plan(config: ContinualConfig) -> list[StagePlan]:
+    """The stages in training order, with resolved data paths; loads no model and no data."""
+    if not config.modalities:
+        raise ValueError("the config lists no modalities")
+    modalities = list(config.modalities)
+    if config.order == "reverse":
+        modalities.reverse()
+    names = [modality["name"] for modality in modalities]
+    if len(set(names)) != len(names):
+        raise ValueError(f"modality names must be unique, got {names}")
+    root = Path(config.data_root)
+    plan = []
+    for stage, modality in enumerate(modalities, start=1):
+        spec = ModalitySpec(**{key: value for key, value in modality.items() if key in MODALITY_KEYS})
+        if isinstance(spec.feature_processor, dict):
+            spec.feature_processor = build_processor_from_dict(spec.feature_processor)
+        files = {split: [root / name for name in _as_list(modality[split])] for split in ("train", "test")}
+        plan.append(StagePlan(stage, spec, files["train"], files["test"]))
+    return plan
+
+
+def build_processor_from_dict(settings: dict):
+    """A transformers processor from `{"processor_class": "CLIPImageProcessorPil", ...its arguments}`."""
+    import transformers
+
+    settings = dict(settings)
+    class_name = settings.pop("processor_class", None)
+    if not class_name or not hasattr(transformers, class_name):
+        raise ValueError(
+            f"feature_processor needs a 'processor_class' naming a transformers class, got {class_name!r}"
+        )
+    return getattr(transformers, class_name)(**settings)
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def load_stage_data(files: list[Path], limit: int | None = None, seed: int = 0):
+    """The samples of `files` (media checked now, so that a missing file stops the run before training)."""
+    missing = [str(path) for path in files if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"data file(s) not found: {missing} (paths are relative to data_root)")
+    datasets = [load_samples(path) for path in files]
+    if limit is not None:
+        datasets = [d.shuffle(seed=seed).select(range(min(limit, len(d)))) for d in datasets]
+    return concatenate_datasets(datasets) if len(datasets) > 1 else datasets[0]
+
+
+def dataset_names(files: list[Path]) -> list[str]:
+    names = []
+    for path in files:
+        for line in path.read_text().splitlines():
+            if line.strip():
+                name = json.loads(line).get("dataset") or path.stem
+                if name not in names:
+                    names.append(name)
+    return names
+
+
+def base_model_and_processor(config: ContinualConfig) -> tuple[MeraForCausalLM, MeraProcessor]:
+    """The stage-0 model: the language model with no modality, and its processor."""
+    dtype = getattr(torch, config.dtype)
+    model = MeraForCausalLM.from_language_model(config.language_model, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(config.language_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    processor = MeraProcessor(tokenizer, model.config, use_chat_template=config.use_chat_template, seed=config.seed)
+    return model, processor
+
+
+def _check_run_config(config: ContinualConfig, output_dir: Path):
+    """A resumed run must be the same run: same method, order, modalities, language model and settings."""
+    saved_file = output_dir / "run_config.json"
+    current = json.loads(json.dumps(asdict(config), default=str))
+    volatile = {"output_dir", "experts_dir", "data_root", "judge", "eval_batch_size", "test_limit", "train_experts"}
+    if saved_file.is_file():
+        saved = json.loads(saved_file.read_text())
+        differing = sorted(k for k in current if k not in volatile and saved.get(k) != current.get(k))
+        if differing:
+            raise ValueError(
+                f"{output_dir} holds a run with other settings ({differing}); use another output_dir to start anew"
+            )
+    elif PartialState().is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        saved_file.write_text(json.dumps(current, indent=2) + "\n")
+
+
+def _write_json(path: Path, data: Any):
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def evaluate_stage(config: ContinualConfig, stage_dir: Path, plan: list[StagePlan], output_file: Path) -> dict:
+    """Scores of every modality the stage's model has learnt; cached in `output_file`."""
+    if output_file.is_file():
+        return json.loads(output_file.read_text())["scores"]
+    model, processor, _ = load_stage(stage_dir)
+    model.eval()
+    learnt = [step for step in plan if step.spec.name in model.modalities]
+    samples = []
+    for step in learnt:
+        samples.extend(load_stage_data(step.test_files, config.test_limit, config.seed))
+    output_file.parent.mkdir(parents=True, exist_ok=True)
+    result = evaluate_model(
+        model,
+        processor,
+        samples,
+        judge=config.judge,
+        batch_size=config.eval_batch_size,
+        max_new_tokens=config.max_new_tokens,
+        output_file=output_file,
+    )
+    return result["scores"]
+
+
+def train_experts(config: ContinualConfig, plan: list[StagePlan]) -> dict[str, float]:
+    """Each modality trained alone from the base LM (fine-tuning, no merge or realign) and scored on its tests."""
+    experts_dir = Path(config.experts_dir or Path(config.output_dir) / "experts")
+    scores = {}
+    for step in tqdm(plan, desc="experts", disable=not PartialState().is_main_process):
+        expert_dir = experts_dir / step.spec.name
+        if not is_finished_stage(expert_dir):
+            if not config.train_experts:
+                raise FileNotFoundError(f"no expert for {step.spec.name!r} in {expert_dir} and train_experts is off")
+            model, processor = base_model_and_processor(config)
+            train = load_stage_data(step.train_files)
+            run_stage(model, processor, step.spec, train, expert_dir, plugins=[], settings=config.stage_settings())
+        expert_plan = [StagePlan(1, step.spec, step.train_files, step.test_files)]
+        scores.update(evaluate_stage(config, expert_dir, expert_plan, experts_dir / "eval" / f"{step.spec.name}.json"))
+    return scores
+
+
+def run_continual(config: ContinualConfig) -> dict:
+    """Run (or resume) every stage; returns the summary of `trainers.continual_metrics.summarize`."""
+    plan = build_stage_plan(config)
+    output_dir = Path(config.output_dir)
+    _check_run_config(config, output_dir)
+    get_method_plugins(config.method, config)  # an unknown method fails here, before any training
+    is_main = PartialState().is_main_process
+    stage_scores = []
+    for step in tqdm(plan, desc=f"{config.method} stages", disable=not is_main):
+        stage_dir = output_dir / f"stage-{step.stage}"
+        if not is_finished_stage(stage_dir):
+            if step.stage == 1:
+                previous, processor = base_model_and_processor(config)
+            else:
+                previous, processor = output_dir / f"stage-{step.stage - 1}", None
+            train = load_stage_data(step.train_files)
+            plugins = get_method_plugins(config.method, config)
+            run_stage(previous, processor, step.spec, train, stage_dir, step.stage, plugins, config.stage_settings())
+        stage_scores.append(evaluate_stage(config, stage_dir, plan, output_dir / "eval" / f"stage-{step.stage}.json"))
+    experts = train_experts(config, plan)
+    scores = {
+        "method": config.method,
+        "modalities": [{"name": s.spec.name, "datasets": dataset_names(s.test_files)} for s in plan],
+        "experts": experts,
+        "stages": stage_scores,
+    }
+    # The raw scores are written first: they stay useful even where a Relative Gain cannot be computed.
+    if is_main:
+        _write_json(output_dir / "scores.json", scores)
+    summary = summarize(ScoreMatrix.from_dict(scores, source=str(output_dir / "scores.json")))
+    if is_main:
+        _write_json(output_dir / "report.json", summary)
+        (output_dir / "report.txt").write_text(format_report([summary]) + "\n")
+    return summary
