@@ -250,7 +250,12 @@ def write_tiny_run(folder, modalities=("image", "audio", "point_cloud"), samples
         "replay_ratio": 25,
         "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
         "pretrain_args": {**TINY_PHASE_ARGS, "learning_rate": 1e-2},
-        "finetune_args": {**TINY_PHASE_ARGS, "num_train_epochs": 8, "learning_rate": 1e-2, "connector_learning_rate": 1e-3},
+        "finetune_args": {
+            **TINY_PHASE_ARGS,
+            "num_train_epochs": 8,
+            "learning_rate": 1e-2,
+            "connector_learning_rate": 1e-3,
+        },
         "realign_args": {**TINY_PHASE_ARGS, "learning_rate": 1e-3},
         "seed": 0,
         "eval_batch_size": 8,
