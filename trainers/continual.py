@@ -107,13 +107,15 @@ class MergePlugin(StagePlugin):
 
     name = "merge"
 
-    def before_stage(self, ctx: StageContext):
-        if not ctx.settings.use_lora:  # a full fine-tune overwrites θLLM(i-1): keep a copy to average with
-            ctx.previous_llm_state = llm_state_dict(ctx.model)
+    def configure_finetune(self, ctx: StageContext):
+        # LLM weights trained directly (full fine-tuning, or beside LoRA) overwrite θLLM(i-1): keep a copy (on the
+        # CPU, to spare accelerator memory) to average with.
+        if "llm" in ctx.finetune_trainable:
+            ctx.previous_llm_state = llm_state_dict(ctx.model, device="cpu")
 
     def after_finetune(self, ctx: StageContext):
         if isinstance(ctx.model, PeftModel):
-            ctx.model = merge_stage_adapter(ctx.model, ctx.stage)
+            ctx.model = merge_stage_adapter(ctx.model, ctx.stage, previous_llm_state=ctx.previous_llm_state)
         else:
             average_llm_weights(ctx.previous_llm_state, ctx.model, ctx.stage)
         ctx.log["merge"] = {"coefficient": 1 / ctx.stage}
