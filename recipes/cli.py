@@ -12,6 +12,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("recipes.info", "show a saved MERA checkpoint: its modalities, encoders, connectors and sizes"),
     "metrics": ("recipes.metrics", "Relative-Gain tables and plots from score matrices"),
+    "data": ("recipes.data", "convert the paper's data sets (and LLaVA/MLLM-CL JSON) to mera-mcl samples"),
 }
 
 
