@@ -147,8 +147,8 @@ def convert_cap3d_qa(
     qa_instruction: str = DEFAULT_QA_INSTRUCTION,
 ) -> ConversionPlan:
     """
-    Cap3D-QA: a seeded 30K subset of the questions for training; the test set is 1K questions of `test` (default
-    CAP3DQA_final_val.csv if present), else 1K objects held out of `qa` with one question each.
+    Cap3D-QA: a seeded 30K subset of the questions for training; the test set is 1K objects with one question each,
+    from `test` (default CAP3DQA_final_val.csv if present) or held out of `qa` (then none of their questions trains).
 
     Files: `qa` / `test` (Cap3D-QA CSV) and clouds as for `cap3d` (`point_dir`, `cloud_template`, `max_points`).
     """
