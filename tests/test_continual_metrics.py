@@ -155,7 +155,8 @@ def test_a_run_in_progress_has_fewer_stages_than_modalities():
         (lambda d: d["stages"][1].update({"VQAv2": 0.5}), r"stage 2 has dataset\(s\) \['VQAv2'\] that no modality"),
         (lambda d: d["stages"][0].update({"MSVD": 10.0}), r"stage 1 has dataset\(s\) \['MSVD'\] of a modality not"),
         (lambda d: d["experts"].pop("Cap3D"), r"'experts' lacks the expert score of dataset\(s\) \['Cap3D'\]"),
-        (lambda d: d["experts"].update({"Cap3D": 0}), r"expert score of 'Cap3D' is 0"),
+        (lambda d: d["experts"].update({"Cap3D": -1}), r"expert score of 'Cap3D' is -1; scores cannot be negative"),
+        (lambda d: d["experts"].update({"Cap3D": 0, "Cap3D-QA": 0}), r"every expert score of modality '.*' is 0"),
         (lambda d: d["experts"].update({"VQAv2": 1.0}), r"'experts' has dataset\(s\) \['VQAv2'\]"),
         (lambda d: d["stages"][3].update({"MSCOCO": "high"}), r"stage 4: score of 'MSCOCO' must be a finite number"),
         (lambda d: d["stages"].append(dict(d["stages"][-1])), r"5 stages but only 4 modalities"),
@@ -169,6 +170,16 @@ def test_inconsistent_score_matrices_name_file_stage_and_dataset(tmp_path, corru
     with pytest.raises(ValueError, match=message) as error:
         ScoreMatrix.from_json(path)
     assert str(error.value).startswith(str(path))
+
+
+def test_a_dataset_whose_expert_scored_zero_is_left_out_of_the_relative_gain():
+    data = paper_fine_tuning_example()
+    data["experts"]["Cap3D"] = 0
+    matrix = ScoreMatrix.from_dict(data)
+    last = len(matrix.modalities) - 1
+    expected = 100.0 * data["stages"][last]["Cap3D-QA"] / data["experts"]["Cap3D-QA"]
+    assert matrix.relative_gain(last, last) == pytest.approx(expected)
+    assert summarize(matrix)["excluded_datasets"] == ["Cap3D"]
 
 
 def test_cli_prints_the_worked_example(tmp_path, capsys):

@@ -160,10 +160,13 @@ class ScoreMatrix:
             )
         for dataset, score in self.experts.items():
             _check_number(score, f"{source}: expert score of '{dataset}'")
-            if score <= 0:
+            if score < 0:
+                raise ValueError(f"{source}: expert score of '{dataset}' is {score}; scores cannot be negative.")
+        for modality in self.modalities:
+            if not any(self.experts[dataset] > 0 for dataset in modality.datasets):
                 raise ValueError(
-                    f"{source}: expert score of '{dataset}' is {score}; Relative Gain divides by it, so it must "
-                    "be > 0."
+                    f"{source}: every expert score of modality '{modality.name}' is 0 ({list(modality.datasets)}); "
+                    "Relative Gain divides by them, so at least one must be > 0."
                 )
 
         if not self.stages:
@@ -204,9 +207,18 @@ class ScoreMatrix:
                 f"{self.source}: Relative Gain of modality {modality_index + 1} at stage {stage_index + 1} is "
                 f"undefined; it needs modality <= stage <= {self.num_stages}."
             )
-        datasets = self.modalities[modality_index].datasets
+        datasets = self.rated_datasets(modality_index)
         stage = self.stages[stage_index]
         return 100.0 * sum(stage[d] / self.experts[d] for d in datasets) / len(datasets)
+
+    def rated_datasets(self, modality_index: int) -> list[str]:
+        """The modality's datasets whose expert score is > 0: a ratio to a zero expert is undefined, so a dataset
+        whose expert scored 0 is left out of the Relative Gain (and listed in `summarize`'s `excluded_datasets`)."""
+        return [d for d in self.modalities[modality_index].datasets if self.experts[d] > 0]
+
+    @property
+    def excluded_datasets(self) -> list[str]:
+        return [d for m in self.modalities for d in m.datasets if self.experts[d] == 0]
 
 
 def _check_number(value, what: str) -> None:
@@ -339,6 +351,7 @@ def summarize(matrix: ScoreMatrix) -> dict:
         "relative_gain": {matrix.modalities[j].name: rg[j] for j in seen},
         "classic": classic,
         "classic_per_dataset": classic_per_dataset,
+        "excluded_datasets": matrix.excluded_datasets,
     }
 
 
@@ -373,6 +386,9 @@ def format_report(summaries: Sequence[dict]) -> str:
             f"average accuracy {_fmt(classic['average_accuracy'], 0)}, BWT {_fmt(classic['bwt'], 0)}, "
             f"forgetting {_fmt(classic['forgetting'], 0)}"
         )
+        if summary.get("excluded_datasets"):
+            excluded = ", ".join(summary["excluded_datasets"])
+            lines.append(f"Left out of Relative Gain (their expert scored 0): {excluded}")
         blocks.append("\n".join(lines))
 
     if len(summaries) > 1:
