@@ -1,6 +1,7 @@
 """
-The offline demo behind `mera demo`: a synthetic four-modality benchmark (`build_benchmark`). Nothing is downloaded;
-everything is generated from a seed.
+The offline demo behind `mera demo`: a synthetic four-modality benchmark (`build_benchmark`), a tiny Llama
+pre-trained on its text (`pretrained_language_model`).
+Nothing is downloaded; everything is generated from a seed.
 """
 
 from .benchmark import (
@@ -15,16 +16,32 @@ from .benchmark import (
     normalize_text,
     read_split,
 )
+from .cache import default_cache_dir
+from .language_model import (
+    TinyLlamaSettings,
+    benchmark_texts,
+    build_tokenizer,
+    pretrained_language_model,
+    pretraining_report,
+    text_loss,
+)
 
 __all__ = [
     "MODALITIES",
     "BenchmarkSizes",
+    "TinyLlamaSettings",
+    "benchmark_texts",
     "build_benchmark",
+    "build_tokenizer",
     "chance_accuracy",
     "constant_caption_baseline",
     "dataset_names",
+    "default_cache_dir",
     "load_manifest",
     "majority_baseline",
     "normalize_text",
+    "pretrained_language_model",
+    "pretraining_report",
     "read_split",
+    "text_loss",
 ]
