@@ -1,7 +1,7 @@
 """
 The offline demo behind `mera demo`: a synthetic four-modality benchmark (`build_benchmark`), a tiny Llama
-pre-trained on its text (`pretrained_language_model`).
-Nothing is downloaded; everything is generated from a seed.
+pre-trained on its text (`pretrained_language_model`), and tiny frozen encoders for its modalities
+(`demo_modality_specs`, `demo_modality_entries`). Nothing is downloaded; everything is generated from a seed.
 """
 
 from .benchmark import (
@@ -17,6 +17,7 @@ from .benchmark import (
     read_split,
 )
 from .cache import default_cache_dir
+from .encoders import demo_encoder_configs, demo_feature_processors, demo_modality_entries, demo_modality_specs
 from .language_model import (
     TinyLlamaSettings,
     benchmark_texts,
@@ -37,6 +38,10 @@ __all__ = [
     "constant_caption_baseline",
     "dataset_names",
     "default_cache_dir",
+    "demo_encoder_configs",
+    "demo_feature_processors",
+    "demo_modality_entries",
+    "demo_modality_specs",
     "load_manifest",
     "majority_baseline",
     "normalize_text",
