@@ -14,6 +14,8 @@ setup(
     python_requires=">=3.10",
     packages=["modeling_mera", "trainers", "recipes"],
     package_data={"recipes": ["configs/*.yaml"]},
+    # The model card template of pushed stages; trainers.hub finds it here in a wheel install (share/mera-mcl/).
+    data_files=[("share/mera-mcl", ["model_card.md"])],
     include_package_data=True,
     install_requires=[
         # 2.13.0 is the CPU wheel CI installs first; keep the floor loose enough to admit it.
@@ -24,6 +26,7 @@ setup(
         "accelerate>=1.15",
         "datasets>=4.0",
         "huggingface_hub>=1.0",
+        "jinja2",  # huggingface_hub's ModelCard.from_template renders the stage cards with it
         "evaluate>=0.4",
         "safetensors",
         "numpy",
