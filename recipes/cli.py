@@ -13,6 +13,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("recipes.info", "show a saved MERA checkpoint: its modalities, encoders, connectors and sizes"),
     "metrics": ("recipes.metrics", "Relative-Gain tables and plots from score matrices"),
     "data": ("recipes.data", "convert the paper's data sets (and LLaVA/MLLM-CL JSON) to mera-mcl samples"),
+    "push": ("recipes.push", "push a run's stages to the Hugging Face Hub, one branch per stage, with model cards"),
 }
 
 

@@ -7,10 +7,12 @@ A whole continual run: every stage of one method in one modality order, evaluate
       eval/stage-i.json      predictions and scores of every modality learnt so far
       scores.json            the score matrix (see `trainers.continual_metrics`)
       report.json, report.txt
+      pushed.json            what was pushed to the Hub (push_to_hub, `mera push`; see trainers.hub)
     experts_dir/<modality>/  single-modality experts (the Relative Gain's upper bounds), shared between methods
 """
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +31,8 @@ from .continual_metrics import ScoreMatrix, format_report, summarize
 from .data import load_samples
 from .evaluation import evaluate_model
 from .methods import get_method_plugins
+
+logger = logging.getLogger(__name__)
 
 MODALITY_KEYS = {"name", "kind", "encoder_config", "encoder_weights", "connector", "feature_processor", "options"}
 MODALITY_DATA_KEYS = {"train", "test"}
@@ -68,6 +72,17 @@ class ContinualConfig:
     max_new_tokens: int = field(default=32, metadata={"help": "Tokens generated per test answer."})
     test_limit: int | None = field(default=None, metadata={"help": "Evaluate at most this many samples per file."})
     train_experts: bool = field(default=True, metadata={"help": "Train missing single-modality experts."})
+    push_to_hub: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub repo id (org/name) to push each stage to as it finishes: branch stage-i, main follows the "
+            "latest (see trainers.hub). The token comes from HF_TOKEN or `hf auth login`. A failed push is retried, "
+            "then reported without stopping the run; `mera push OUTPUT_DIR REPO_ID` pushes what is missing later."
+        },
+    )
+    hub_private_repo: bool | None = field(
+        default=None, metadata={"help": "Create the push_to_hub repo private (default: the Hub's default)."}
+    )
 
     def __post_init__(self):
         if self.order not in ("sequential", "reverse"):
@@ -82,6 +97,13 @@ class ContinualConfig:
             for key in ("name", "train", "test"):
                 if not modality.get(key):
                     raise ValueError(f"modalities[{index}]: '{key}' is required")
+        if self.push_to_hub is not None:
+            from huggingface_hub.utils import validate_repo_id
+
+            try:
+                validate_repo_id(self.push_to_hub)
+            except ValueError as error:
+                raise ValueError(f"push_to_hub must be a Hub repo id like 'org/name': {error}") from None
 
     def stage_settings(self) -> StageSettings:
         lora = {**StageSettings().lora, **(self.lora or {})}
@@ -180,6 +202,7 @@ def _check_run_config(config: ContinualConfig, output_dir: Path):
     saved_file = output_dir / "run_config.json"
     current = json.loads(json.dumps(asdict(config), default=str))
     volatile = {"output_dir", "experts_dir", "data_root", "judge", "eval_batch_size", "test_limit", "train_experts"}
+    volatile |= {"push_to_hub", "hub_private_repo"}
     if saved_file.is_file():
         saved = json.loads(saved_file.read_text())
         differing = sorted(k for k in current if k not in volatile and saved.get(k) != current.get(k))
@@ -238,6 +261,19 @@ def train_experts(config: ContinualConfig, plan: list[StagePlan]) -> dict[str, f
     return scores
 
 
+def push_to_hub(config: ContinualConfig, output_dir: Path):
+    """Push the finished stages that are not on the Hub yet; a failure is reported, and the run goes on."""
+    from .hub import push_run
+
+    try:
+        push_run(output_dir, config.push_to_hub, private=config.hub_private_repo)
+    except Exception as error:
+        logger.warning(
+            f"pushing {output_dir} to {config.push_to_hub} failed: {error}\nThe run goes on; the checkpoints stay in "
+            f"{output_dir}; push them later with: mera push {output_dir} {config.push_to_hub}"
+        )
+
+
 def run_continual(config: ContinualConfig) -> dict:
     """Run (or resume) every stage; returns the summary of `trainers.continual_metrics.summarize`."""
     plan = build_stage_plan(config)
@@ -257,6 +293,8 @@ def run_continual(config: ContinualConfig) -> dict:
             plugins = get_method_plugins(config.method, config)
             run_stage(previous, processor, step.spec, train, stage_dir, step.stage, plugins, config.stage_settings())
         stage_scores.append(evaluate_stage(config, stage_dir, plan, output_dir / "eval" / f"stage-{step.stage}.json"))
+        if config.push_to_hub and is_main:
+            push_to_hub(config, output_dir)
     experts = train_experts(config, plan)
     scores = {
         "method": config.method,
@@ -271,4 +309,6 @@ def run_continual(config: ContinualConfig) -> dict:
     if is_main:
         _write_json(output_dir / "report.json", summary)
         (output_dir / "report.txt").write_text(format_report([summary]) + "\n")
+        if config.push_to_hub:  # the experts are scored now: every stage's card gets its Relative Gain table
+            push_to_hub(config, output_dir)
     return summary
