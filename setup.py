@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="mera-mcl",
@@ -12,7 +12,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["modeling_mera", "trainers", "recipes"],
+    packages=find_packages(include=["modeling_mera", "trainers", "trainers.*", "recipes"]),
     package_data={"recipes": ["configs/*.yaml"]},
     # The model card template of pushed stages; trainers.hub finds it here in a wheel install (share/mera-mcl/).
     data_files=[("share/mera-mcl", ["model_card.md"])],
