@@ -287,8 +287,12 @@ def test_language_model_learns_the_benchmark_language_and_is_cached(demo_dir, la
         f" {before['train']:.3f} -> {after['train']:.3f}, test {before['test']:.3f} -> {after['test']:.3f};"
         f" entropy floor {report['entropy_floor']:.3f}, uniform {report['uniform_loss']:.3f}"
     )
+    accuracy = report["test_answer_accuracy"]
+    print(f"test answers right with the attribute words in front: {accuracy}")
     assert before["train"] > report["uniform_loss"] - 0.3, "training starts from an untrained model"
-    assert after["train"] < report["entropy_floor"] + 0.1 and after["test"] < report["entropy_floor"] + 0.1
+    assert after["train"] < report["entropy_floor"] + 0.15 and after["test"] < report["entropy_floor"] + 0.15
+    assert accuracy["with_context_words"] > 0.95, "it reads a description from its context"
+    assert accuracy["without_context_words"] < 0.3, "without one, it cannot know the answer"
     assert seconds < 60, "pre-training takes seconds (about 8 s on a free 2-core CPU)"
 
     model = AutoModelForCausalLM.from_pretrained(folder)
@@ -362,7 +366,7 @@ def test_encoder_specs_plug_into_the_model_and_features_depend_on_the_input(demo
             features = encode_modality(name, model.encoders[name], model.config.modality(name), inputs)
         difference = (features[0] - features[1]).norm() / features[0].norm()
         print(f"{name}: relative feature difference of two different items {difference:.3f}")
-        assert difference > 0.05, name
+        assert difference > 0.2, name
         assert torch.equal(features[0], features[2])
 
 
