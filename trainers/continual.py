@@ -7,7 +7,11 @@ The one stage loop of modality-incremental continual learning, and the plug-ins 
                 ─► save θi atomically (model, processor, replay samples, stage.json)
 
 A continual-learning method is a list of `StagePlugin`s: each hook may change the stage's data, its PEFT config,
-its trainable parts, or the model after a phase. MERA is `MergePlugin` + `RealignPlugin`.
+its trainable parts, its loss (`extra_loss`), or the model after a phase. MERA is `MergePlugin` + `RealignPlugin`;
+`trainers.methods` holds the registry of every method. A plug-in with state (a Fisher matrix, a router's samples)
+saves it with the stage (`plugins/NAME.json`, `plugins/NAME.safetensors`), where the next stage's plug-in finds it.
+A method that keeps adapters beside the LLM instead of folding them in (PathWeave, MR-LoRA) names an
+`AdapterFormat`: the stage folder then holds the plain base model plus `adapters/`, and `load_stage` rebuilds both.
 """
 
 import json
@@ -18,18 +22,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from accelerate import PartialState
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from peft import PeftModel
+from safetensors.torch import load_file, save_file
 
 from modeling_mera import MeraForCausalLM, MeraProcessor
 
-from .merge import average_llm_weights, llm_state_dict, merge_stage_adapter
-from .replay import ReplayBuffer
+from .merge import average_llm_weights, llm_state_dict, merge_stage_adapter, unwrapped_name
+from .replay import ReplayBuffer, replay_count
 from .sft import MeraSFTConfig, MeraSFTTrainer, RealignTrainer, llm_lora_config, paper_phase_config
 
 STAGE_INFO = "stage.json"
 REPLAY_DIR = "replay"
+PLUGIN_DIR = "plugins"
+ADAPTER_DIR = "adapters"
 
 
 @dataclass
@@ -82,12 +91,20 @@ class StageContext:
     peft_config: Any = None
     previous_llm_state: dict | None = None
     log: dict = field(default_factory=dict)
+    adapter_format: str | None = None
+    """Set by a plug-in whose adapters stay beside the LLM: the loop then neither folds nor unloads them, and the
+    stage is saved and loaded through `ADAPTER_FORMATS[adapter_format]`."""
 
 
 class StagePlugin:
-    """A named piece of a continual-learning method; every hook is a no-op unless overridden."""
+    """
+    A named piece of a continual-learning method; every hook is a no-op unless overridden.
+
+    `supports_realign = False` marks a method that a realign step cannot follow (the registry refuses `--realign`).
+    """
 
     name = "plugin"
+    supports_realign = True
 
     def before_stage(self, ctx: StageContext):
         """After the new modality is added, before any training."""
@@ -100,6 +117,19 @@ class StagePlugin:
 
     def after_stage(self, ctx: StageContext):
         """After the adapter is folded into the LLM: e.g. realign."""
+
+    def extra_loss(self, model, inputs: dict) -> torch.Tensor | None:
+        """A term added to the fine-tuning loss at every step (`MeraSFTTrainer.compute_loss`), e.g. EWC's penalty."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the next stage's plug-in needs: tensors (saved as safetensors) and JSON-serialisable values."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]):
+        """Restore `state_dict()` of the previous stage's plug-in."""
+        if state:
+            raise ValueError(f"plug-in {self.name!r} keeps no state but was given {sorted(state)}")
 
 
 class MergePlugin(StagePlugin):
@@ -122,12 +152,36 @@ class MergePlugin(StagePlugin):
 
 
 class RealignPlugin(StagePlugin):
-    """MERA's realign: every connector trains on R_i = r% of D_1..D_i; encoders and LLM stay frozen."""
+    """
+    MERA's realign: every connector trains on R_i = r% of D_1..D_i; encoders and LLM stay frozen.
+
+    `ratio_percent` None uses the whole replay buffer (r = the stage settings' `replay_ratio`); a smaller ratio takes a
+    seeded r% of each stage's data out of that buffer (`--realign R` after any method).
+    """
 
     name = "realign"
 
+    def __init__(self, ratio_percent: float | None = None):
+        self.ratio_percent = ratio_percent
+
+    def realign_set(self, ctx: StageContext) -> Dataset:
+        if self.ratio_percent is None:
+            return ctx.replay.union()
+        parts = []
+        for stage, samples in sorted(ctx.replay.stages.items()):
+            count = replay_count(ctx.replay.info[stage]["of"], self.ratio_percent)
+            if count > len(samples):
+                raise ValueError(
+                    f"realign ratio {self.ratio_percent}% needs {count} samples of stage {stage} but the replay "
+                    f"buffer keeps {len(samples)} (replay_ratio {ctx.replay.info[stage]['ratio_percent']}%); raise "
+                    "replay_ratio to at least the realign ratio"
+                )
+            rng = np.random.default_rng(ctx.settings.seed + stage)
+            parts.append(samples.select(np.sort(rng.choice(len(samples), size=count, replace=False)).tolist()))
+        return concatenate_datasets([part for part in parts if len(part)])
+
     def after_stage(self, ctx: StageContext):
-        replay = ctx.replay.union()
+        replay = self.realign_set(ctx)
         args = ctx.settings.phase_config("realign", ctx.work_dir)
         trainer = RealignTrainer(ctx.model, args, replay, ctx.processor)
         result = trainer.train()
@@ -152,27 +206,133 @@ def is_finished_stage(directory: str | os.PathLike) -> bool:
     return (Path(directory) / STAGE_INFO).is_file()
 
 
+class AdapterFormat:
+    """How a model that keeps adapters beside its LLM is written to a stage's `adapters/` folder and rebuilt."""
+
+    name = "adapters"
+
+    def base_model(self, model) -> MeraForCausalLM:
+        """The `MeraForCausalLM` the adapters live in."""
+        raise NotImplementedError
+
+    def save(self, model, directory: Path):
+        """Write the adapters (and whatever rebuilding them needs) into `directory`."""
+        raise NotImplementedError
+
+    def load(self, base: MeraForCausalLM, directory: Path, processor: MeraProcessor):
+        """The model of `save`, rebuilt around the freshly loaded plain `base`."""
+        raise NotImplementedError
+
+
+ADAPTER_FORMATS: dict[str, AdapterFormat] = {}
+
+
+def register_adapter_format(adapter_format: AdapterFormat) -> AdapterFormat:
+    ADAPTER_FORMATS[adapter_format.name] = adapter_format
+    return adapter_format
+
+
+def get_adapter_format(name: str) -> AdapterFormat:
+    if name not in ADAPTER_FORMATS:
+        from . import methods  # noqa: F401  (the built-in methods register their formats on import)
+    if name not in ADAPTER_FORMATS:
+        raise ValueError(f"unknown adapter format {name!r}; known formats: {sorted(ADAPTER_FORMATS)}")
+    return ADAPTER_FORMATS[name]
+
+
+def base_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """
+    The weights of `model` without its adapters, under the names of the plain model: parameters of adapter
+    sub-modules (any module's `adapter_layer_names`, as PEFT tuner layers declare them) are dropped and the
+    `base_layer` wrappers are looked through.
+    """
+    adapter_names = {name for module in model.modules() for name in getattr(module, "adapter_layer_names", ())}
+    return {
+        unwrapped_name(key): value
+        for key, value in model.state_dict().items()
+        if not adapter_names.intersection(key.split("."))
+    }
+
+
+def save_plugin_states(plugins: list[StagePlugin], directory: Path):
+    """Each stateful plug-in's `state_dict()` as `NAME.safetensors` (tensors) and `NAME.json` (the rest)."""
+    states = {plugin.name: plugin.state_dict() for plugin in plugins}
+    names = [plugin.name for plugin in plugins if states[plugin.name]]
+    if len(set(names)) != len(names):
+        raise ValueError(f"plug-ins with state need distinct names to be saved, got {names}")
+    for name in names:
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {key: value for key, value in states[name].items() if isinstance(value, torch.Tensor)}
+        values = {key: value for key, value in states[name].items() if key not in tensors}
+        if tensors:
+            save_file({key: value.detach().contiguous().cpu() for key, value in tensors.items()},
+                      str(directory / f"{name}.safetensors"))  # fmt: skip
+        if values:
+            (directory / f"{name}.json").write_text(json.dumps(values, indent=2, default=str) + "\n")
+
+
+def load_plugin_states(plugins: list[StagePlugin], directory: Path):
+    """Hand every plug-in the state its namesake saved in `directory` (if any)."""
+    for plugin in plugins:
+        state = {}
+        if (directory / f"{plugin.name}.safetensors").is_file():
+            state.update(load_file(str(directory / f"{plugin.name}.safetensors")))
+        if (directory / f"{plugin.name}.json").is_file():
+            state.update(json.loads((directory / f"{plugin.name}.json").read_text()))
+        if state:
+            plugin.load_state_dict(state)
+
+
+def load_stage_model(directory: str | os.PathLike, processor: MeraProcessor):
+    """The model of a saved stage (or phase): the plain model, or the one its adapter format rebuilds."""
+    directory = Path(directory)
+    model = MeraForCausalLM.from_pretrained(directory)
+    adapter_format = json.loads((directory / STAGE_INFO).read_text()).get("adapter_format")
+    if adapter_format is None:
+        return model
+    return get_adapter_format(adapter_format).load(model, directory / ADAPTER_DIR, processor)
+
+
 def load_stage(directory: str | os.PathLike) -> tuple[MeraForCausalLM, MeraProcessor, ReplayBuffer]:
-    """A saved stage: its model, processor and replay buffer."""
+    """
+    A saved stage: its model, processor and replay buffer. The model is a `MeraForCausalLM`, or for methods that
+    keep adapters beside the LLM (PathWeave, MR-LoRA) the model their adapter format rebuilds.
+    """
     directory = Path(directory)
     if not is_finished_stage(directory):
         raise FileNotFoundError(f"{directory} is not a finished stage (no {STAGE_INFO})")
-    model = MeraForCausalLM.from_pretrained(directory)
     processor = MeraProcessor.from_pretrained(directory)
+    model = load_stage_model(directory, processor)
     return model, processor, ReplayBuffer.load(directory / REPLAY_DIR)
 
 
-def save_stage(model, processor: MeraProcessor, replay: ReplayBuffer, info: dict, output_dir: Path):
+def save_stage(
+    model,
+    processor: MeraProcessor,
+    replay: ReplayBuffer,
+    info: dict,
+    output_dir: Path,
+    adapter_format: str | None = None,
+    plugins: list[StagePlugin] = (),
+):
     """Write a stage checkpoint atomically: into a temporary sibling folder, renamed into place when complete."""
     output_dir = Path(output_dir)
     state = PartialState()
     if state.is_main_process:  # under `accelerate launch`, every process holds the same model: one writes it
         temporary = output_dir.with_name(f".{output_dir.name}.saving")
         shutil.rmtree(temporary, ignore_errors=True)
-        model.save_pretrained(temporary)
+        if adapter_format is None:
+            model.save_pretrained(temporary)
+        else:
+            saver = get_adapter_format(adapter_format)
+            base = saver.base_model(model)
+            base.save_pretrained(temporary, state_dict=base_state_dict(base))
+            saver.save(model, temporary / ADAPTER_DIR)
+            info = {**info, "adapter_format": adapter_format}
         processor.config = model.config
         processor.save_pretrained(temporary)
         replay.save(temporary / REPLAY_DIR)
+        save_plugin_states(list(plugins), temporary / PLUGIN_DIR)
         (temporary / STAGE_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
         if output_dir.exists():
             shutil.rmtree(output_dir)
@@ -196,10 +356,12 @@ def _check_stage_inputs(model: MeraForCausalLM, spec: ModalitySpec, stage: int, 
         raise ValueError(f"stage {stage}: the training data has no caption samples for connector pre-training")
 
 
-def _train_phase(ctx: StageContext, phase: str, dataset: Dataset, trainable: list[str], peft_config=None) -> float:
+def _train_phase(
+    ctx: StageContext, phase: str, dataset: Dataset, trainable: list[str], peft_config=None, plugins=()
+) -> float:
     args = ctx.settings.phase_config(phase, ctx.work_dir)
     args.trainable = trainable
-    trainer = MeraSFTTrainer(ctx.model, args, dataset, ctx.processor, peft_config=peft_config)
+    trainer = MeraSFTTrainer(ctx.model, args, dataset, ctx.processor, peft_config=peft_config, plugins=plugins)
     result = trainer.train()
     ctx.model = trainer.model
     return result.training_loss
@@ -236,6 +398,7 @@ def run_stage(
         raise FileExistsError(f"{output_dir} already holds a finished stage; it is never re-trained")
     if isinstance(previous, (str, os.PathLike)):
         model, processor, replay = load_stage(previous)
+        load_plugin_states(plugins, Path(previous) / PLUGIN_DIR)
     else:
         model, replay = previous, ReplayBuffer()
         if processor is None:
@@ -263,8 +426,9 @@ def run_stage(
 
     finetuned_dir = work_dir / "finetuned"
     if is_finished_stage(finetuned_dir):  # resume: phases 1-2 and the merge are done
-        ctx.model = MeraForCausalLM.from_pretrained(finetuned_dir)
-        ctx.log = json.loads((finetuned_dir / STAGE_INFO).read_text())["log"]
+        ctx.model = load_stage_model(finetuned_dir, processor)
+        finetuned_info = json.loads((finetuned_dir / STAGE_INFO).read_text())
+        ctx.log, ctx.adapter_format = finetuned_info["log"], finetuned_info.get("adapter_format")
     else:
         captions = train_dataset.filter(lambda task: task == "caption", input_columns="task")
         ctx.log["pretrain"] = {"train_loss": _train_phase(ctx, "pretrain", captions, ["connector:new"])}
@@ -275,13 +439,15 @@ def run_stage(
             ctx.finetune_trainable = ["connector:new", "llm"]
         for plugin in plugins:
             plugin.configure_finetune(ctx)
-        loss = _train_phase(ctx, "finetune", ctx.finetune_dataset, ctx.finetune_trainable, ctx.peft_config)
+        loss = _train_phase(
+            ctx, "finetune", ctx.finetune_dataset, ctx.finetune_trainable, ctx.peft_config, plugins=plugins
+        )
         ctx.log["finetune"] = {"train_loss": loss, "samples": len(ctx.finetune_dataset)}
         for plugin in plugins:
             plugin.after_finetune(ctx)
-        if isinstance(ctx.model, PeftModel):  # methods without a merge keep the full fine-tuned LLM
-            ctx.model = ctx.model.merge_and_unload()
-        save_stage(ctx.model, processor, replay, {"log": ctx.log}, finetuned_dir)
+        if isinstance(ctx.model, PeftModel) and ctx.adapter_format is None:
+            ctx.model = ctx.model.merge_and_unload()  # methods without a merge keep the full fine-tuned LLM
+        save_stage(ctx.model, processor, replay, {"log": ctx.log}, finetuned_dir, ctx.adapter_format)
 
     for plugin in plugins:
         plugin.after_stage(ctx)
@@ -295,7 +461,7 @@ def run_stage(
         "train_samples": len(train_dataset),
         "seconds": round(time.time() - started, 1),
     }
-    save_stage(ctx.model, processor, replay, info, output_dir)
+    save_stage(ctx.model, processor, replay, info, output_dir, ctx.adapter_format, plugins)
     if PartialState().is_main_process:
         shutil.rmtree(work_dir, ignore_errors=True)
     return output_dir

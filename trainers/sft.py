@@ -40,7 +40,8 @@ class MeraSFTConfig(SFTConfig):
         default=None,
         metadata={
             "help": "What trains, by name: 'connector:NAME', 'connector:new' (the newest modality's), 'connectors' "
-            "(all), 'llm:lora' (the LoRA adapter), 'llm' (every LLM weight), 'encoder:NAME'. Everything else is "
+            "(all), 'llm:lora' (the LoRA adapter), 'llm' (every LLM weight), 'encoder:NAME', 'match:REGEX' (every "
+            "parameter whose name the regular expression matches, e.g. one named adapter). Everything else is "
             "frozen. Unset: the trainer's default (MeraSFTTrainer: 'connector:new'; RealignTrainer: 'connectors')."
         },
     )
@@ -106,9 +107,11 @@ def _matches(name: str, spec: str, newest_modality: str) -> bool:
         return "lora_" in name
     if kind == "llm" and not target:
         return ("model.language_model." in name or name.endswith("lm_head.weight")) and "lora_" not in name
+    if kind == "match" and target:
+        return re.search(target, name) is not None
     raise ValueError(
-        f"unknown trainable part {spec!r}; use 'connector:NAME', 'connector:new', 'connectors', 'llm:lora', 'llm' "
-        "or 'encoder:NAME'"
+        f"unknown trainable part {spec!r}; use 'connector:NAME', 'connector:new', 'connectors', 'llm:lora', 'llm', "
+        "'encoder:NAME' or 'match:REGEX'"
     )
 
 
@@ -138,14 +141,16 @@ class MeraSFTTrainer(SFTTrainer):
 
     The processor is a `MeraProcessor` (the collator tokenises and reads media); the trainable set comes from
     `args.trainable`; connector parameters may get their own learning rate (`args.connector_learning_rate`).
-    With a `peft_config`, TRL wraps the model in a `PeftModel` first.
+    With a `peft_config`, TRL wraps the model in a `PeftModel` first. `plugins` (stage plug-ins) may add loss
+    terms through their `extra_loss(model, inputs)`; each term is logged as `<plugin name>_loss`.
     """
 
     default_trainable = ("connector:new",)
 
-    def __init__(self, model, args: MeraSFTConfig, train_dataset, processor, peft_config=None, **kwargs):
+    def __init__(self, model, args: MeraSFTConfig, train_dataset, processor, peft_config=None, plugins=(), **kwargs):
         if not isinstance(args, MeraSFTConfig):
             raise TypeError(f"args must be a MeraSFTConfig, got {type(args).__name__}")
+        self.plugins = list(plugins)
         kwargs.setdefault("data_collator", MeraDataCollator(processor, max_length=args.max_length))
         super().__init__(
             model=model,
@@ -177,6 +182,20 @@ class MeraSFTTrainer(SFTTrainer):
         param_groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = result if return_outputs else (result, None)
+        mode = "train" if self.model.training else "eval"
+        for plugin in self.plugins:
+            term = plugin.extra_loss(model, inputs)
+            if term is None:
+                continue
+            # Like TRL's MoE aux loss: with `num_items_in_batch`, Trainer leaves gradient accumulation to the loss.
+            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+            loss = loss + term.to(loss.device) / steps
+            self._metrics[mode][f"{plugin.name}_loss"].append(self.accelerator.gather(term.detach()).mean().item())
+        return (loss, outputs) if return_outputs else loss
 
 
 class RealignTrainer(MeraSFTTrainer):
