@@ -164,13 +164,18 @@ def evaluate_model(
     """Generate an answer for every sample, score every dataset, and optionally write it all to `output_file`.
 
     Returns `{"scores": {dataset: score}, "datasets": {...}, "predictions": [{"id", "dataset", "prediction",
-    "answer"}, ...]}`. The JSON file is written atomically (temp file, then rename).
+    "answer"}, ...]}`, plus `"routing"` for a model that routes inputs to experts (MR-LoRA's `routing_summary`:
+    router accuracy, fallbacks, experts chosen). The JSON file is written atomically (temp file, then rename).
     """
     samples = list(samples)
+    if hasattr(model, "reset_routing"):
+        model.reset_routing()
     predictions = generate_predictions(
         model, processor, samples, batch_size, max_new_tokens, progress=progress, **generate_kwargs
     )
     result = score_predictions(samples, predictions, judge)
+    if hasattr(model, "routing_summary"):
+        result["routing"] = model.routing_summary()
     result["predictions"] = [
         {
             "id": sample.get("id", str(index)),

@@ -57,8 +57,26 @@ class ContinualConfig:
     )
     data_root: str = field(default=".", metadata={"help": "Folder the modalities' train/test files are relative to."})
     order: str = field(default="sequential", metadata={"help": "'sequential' (as listed) or 'reverse'."})
-    method: str = field(default="mera", metadata={"help": "Continual-learning method (see trainers.methods)."})
-    replay_ratio: float = field(default=10.0, metadata={"help": "Percent of each stage's data kept for replay."})
+    method: str = field(
+        default="mera",
+        metadata={
+            "help": "Continual-learning method: fine_tuning, replay, ewc, eproj, pathweave, mera, merge_only, "
+            "realign_only, mr_lora, or one registered with trainers.methods.register_method."
+        },
+    )
+    replay_ratio: float = field(
+        default=10.0,
+        metadata={"help": "Percent of each stage's data kept for replay: r of 'replay' and 'mera', the realign pool."},
+    )
+    realign: float | None = field(
+        default=None,
+        metadata={"help": "Add MERA's realign step on R% of every stage's data after any method (R <= replay_ratio)."},
+    )
+    ewc_lambda: float = field(default=1.0, metadata={"help": "λ of the 'ewc' method's penalty λ/2·Σ F·(θ−θ(i-1))²."})
+    method_args: dict | None = field(
+        default=None,
+        metadata={"help": "Further keyword arguments of the method's plug-ins (e.g. mr_lora: router_samples)."},
+    )
     use_lora: bool = field(default=True, metadata={"help": "Fine-tune the LLM with LoRA (else every weight)."})
     lora: dict | None = field(default=None, metadata={"help": "LoRA settings (paper: r=128, lora_alpha=128)."})
     pretrain_args: dict | None = field(default=None, metadata={"help": "MeraSFTConfig overrides, pre-training."})

@@ -1,0 +1,24 @@
+"""
+EProj, the paper's parameter-isolation baseline: only modality-specific parts learn. Every stage pre-trains and then
+fine-tunes its new connector (on captions, then captions + QA); the LLM is frozen from stage 1 on, so it stays the
+pre-trained language model bit for bit, and each modality keeps its own connector.
+"""
+
+from ..continual import StageContext, StagePlugin
+from . import register_method
+
+
+class EProjPlugin(StagePlugin):
+    """Fine-tuning trains the new connector only: no LoRA, no LLM weight."""
+
+    name = "eproj"
+
+    def configure_finetune(self, ctx: StageContext):
+        ctx.peft_config = None
+        ctx.finetune_trainable = ["connector:new"]
+
+
+@register_method("eproj")
+def eproj(config=None) -> list[StagePlugin]:
+    """Modality-specific parts only; the LLM never trains."""
+    return [EProjPlugin()]
