@@ -48,11 +48,13 @@ class FailOnce(StagePlugin):
     """Kills the first run of a stage after its fine-tuning was saved, as a crash would."""
 
     name = "fail_once"
-    failed = False
+
+    def __init__(self):
+        self.failed = False
 
     def after_stage(self, ctx):
-        if not FailOnce.failed:
-            FailOnce.failed = True
+        if not self.failed:
+            self.failed = True
             raise RuntimeError("killed")
 
 
@@ -62,10 +64,10 @@ def test_stages_freeze_earlier_adapters_and_infer_with_all_of_them(tmp_path):
     llm_before = {
         k: v.clone() for k, v in base.state_dict().items() if k.startswith(("model.language_model.", "lm_head."))
     }
-    previous, states = base, {}
+    previous, states, crash = base, {}, FailOnce()
     for stage, modality in enumerate(("image", "audio", "point_cloud"), start=1):
         data = load_samples(toy_samples(tmp_path / "data", modality, 4, seed=stage))
-        plugins = get_method_plugins("pathweave") + ([FailOnce()] if stage == 2 else [])
+        plugins = get_method_plugins("pathweave") + ([crash] if stage == 2 else [])
         arguments = (SPECS[modality], data, tmp_path / f"s{stage}", stage, plugins, tiny_settings())
         if stage == 2:  # a crash after the fine-tuning: the rerun resumes from the saved adapters
             with pytest.raises(RuntimeError, match="killed"):
