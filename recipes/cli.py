@@ -10,6 +10,7 @@ import sys
 
 # name -> (module, one-line help). Order is the order `mera --help` lists them in.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("recipes.demo", "the offline four-modality benchmark: Fine-Tuning forgets, MERA keeps (CPU, minutes)"),
     "info": ("recipes.info", "show a saved MERA checkpoint: its modalities, encoders, connectors and sizes"),
     "metrics": ("recipes.metrics", "Relative-Gain tables and plots from score matrices"),
     "data": ("recipes.data", "convert the paper's data sets (and LLaVA/MLLM-CL JSON) to mera-mcl samples"),
