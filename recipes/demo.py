@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser):
 
 
 def demo_config(path: str | Path, quick: bool) -> dict:
-    """The demo's YAML: benchmark sizes, language-model settings and the ContinualConfig fields (`quick` applied)."""
+    """The demo's YAML: benchmark sizes, language-model settings, per-method `method_args` and the ContinualConfig
+    fields shared by every method (`quick` applied)."""
     settings = yaml.safe_load(Path(path).read_text())
     quick_overrides = settings.pop("quick", {})
     if quick:
@@ -53,6 +54,7 @@ def demo_config(path: str | Path, quick: bool) -> dict:
     return {
         "benchmark": settings.pop("benchmark", {}),
         "language_model": settings.pop("language_model", {}),
+        "method_args": settings.pop("method_args", {}),
         "settings": settings,
     }
 
@@ -90,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
     for method in methods:
         method_started = time.time()
         run_dir = out / "runs" / f"{size}-{args.order}-seed{args.seed}" / method
-        config = replace(base, method=method, output_dir=str(run_dir))
+        config = replace(base, method=method, method_args=demo["method_args"].get(method), output_dir=str(run_dir))
         run_continual(config)
         timings[method] = round(time.time() - method_started, 1)
         shutil.copyfile(Path(config.output_dir) / "scores.json", out / "scores" / f"{method}.json")

@@ -28,6 +28,7 @@ from accelerate import PartialState
 from datasets import Dataset, concatenate_datasets
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
+from transformers import set_seed
 
 from modeling_mera import MeraForCausalLM, MeraProcessor
 
@@ -408,6 +409,8 @@ def run_stage(
     work_dir = output_dir.with_name(f"{output_dir.name}.partial")
     started = time.time()
 
+    # Seed the new connector's initialisation, so that a stage and an expert trained alike are the same model.
+    set_seed(settings.seed)
     kind = spec.kind or spec.name
     model.add_modality(
         spec.name,
