@@ -21,7 +21,7 @@ ROUTER = {
     "router_eval_samples": 4,
     "labels": ["one", "two", "three"],
     "router_lora": {"r": 4, "lora_alpha": 8},
-    "router_args": {"num_train_epochs": 20, "learning_rate": 1e-2},
+    "router_args": {"num_train_epochs": 40, "learning_rate": 1e-2},
 }
 
 
