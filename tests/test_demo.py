@@ -47,3 +47,48 @@ def test_mera_demo_quick_writes_results_scores_and_plot(tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, timeout=900, env=ENV)
     assert again.returncode == 0, again.stderr[-3000:]
     assert [path.stat().st_mtime_ns for path in stage_files] == mtimes
+
+
+def test_questions_need_the_input_zeroed_features_score_far_below(tmp_path):
+    """An image expert on the demo benchmark answers its QA far better than the same model fed zeroed features."""
+    import torch
+
+    from trainers.continual import load_stage, run_stage
+    from trainers.demo import build_benchmark, demo_modality_entries, pretrained_language_model
+    from trainers.evaluation import evaluate_model
+    from trainers.runner import ContinualConfig, base_model_and_processor, build_stage_plan, load_stage_data
+
+    torch.set_num_threads(1)
+    benchmark = tmp_path / "benchmark"
+    build_benchmark(benchmark, seed=0, train_per_modality=96, test_per_modality=48, modalities=("image",))
+    language_model = pretrained_language_model(tmp_path / "cache", benchmark, seed=0, progress=False)
+    entry = demo_modality_entries(tmp_path / "cache", seed=0, benchmark=benchmark, modalities=("image",))[0]
+    phase = {"per_device_train_batch_size": 16, "warmup_ratio": 0.0, "disable_tqdm": True}
+    config = ContinualConfig(
+        language_model=str(language_model),
+        modalities=[{**entry, "train": "image/train.jsonl", "test": "image/test.jsonl"}],
+        data_root=str(benchmark),
+        lora={"r": 16, "lora_alpha": 32, "lora_dropout": 0.0},
+        pretrain_args={**phase, "num_train_epochs": 3, "learning_rate": 3e-3},
+        finetune_args={**phase, "num_train_epochs": 10, "learning_rate": 3e-3, "connector_learning_rate": 3e-3},
+        seed=0,
+    )
+    step = build_stage_plan(config)[0]
+    model, processor = base_model_and_processor(config)
+    run_stage(model, processor, step.spec, load_stage_data(step.train_files), tmp_path / "expert", plugins=[],
+              settings=config.stage_settings())  # fmt: skip
+    model, processor, _ = load_stage(tmp_path / "expert")
+    questions = [sample for sample in load_stage_data(step.test_files) if sample["task"] == "qa"]
+
+    def accuracy() -> float:
+        result = evaluate_model(model.eval(), processor, questions, judge="match", max_new_tokens=4, progress=False)
+        return result["scores"]["image-qa"]
+
+    trained = accuracy()
+    zero = model.model.connectors["image"].register_forward_hook(lambda module, args, output: torch.zeros_like(output))
+    try:
+        zeroed = accuracy()
+    finally:
+        zero.remove()
+    # Measured: 0.771 with the image, 0.292 with zeroed features (the majority answer per question scores 0.333).
+    assert trained >= 0.6 and zeroed <= 0.45 and trained - zeroed >= 0.3, (trained, zeroed)
