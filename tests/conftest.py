@@ -2,6 +2,10 @@
 
 import json
 import os
+
+# Tiny models: thread synchronisation outweighs the arithmetic, so one thread is faster (and inherited by the
+# recipes the tests start as subprocesses). Set before torch is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 from pathlib import Path
 
 import numpy as np
