@@ -36,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--out", default="mera_demo", help="output folder (default: ./mera_demo)")
     parser.add_argument("--order", choices=("sequential", "reverse"), default="sequential", help="modality order")
     parser.add_argument(
-        "--methods", default=DEFAULT_METHODS, help=f"comma-separated methods (default: {DEFAULT_METHODS})"
+        "--methods",
+        default=DEFAULT_METHODS,
+        help=f"comma-separated methods among {', '.join(sorted(METHODS))} (default: {DEFAULT_METHODS})",
     )
     parser.add_argument("--quick", action="store_true", help="a small benchmark and short training (a smoke test)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the benchmark, the language model and training")
