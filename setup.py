@@ -35,9 +35,10 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff>=0.6", "openai>=1.40", "pycocoevalcap>=1.2"],
+        "test": ["pytest>=8", "ruff>=0.6", "openai>=1.40", "pycocoevalcap>=1.2", "av>=12"],
         "eval": ["openai>=1.40", "pycocoevalcap>=1.2"],
         "quant": ["bitsandbytes>=0.45"],
+        "video": ["av>=12"],  # decoding video files (MSVD clips) into frames
     },
     entry_points={"console_scripts": ["mera=recipes.cli:main"]},
 )
