@@ -403,6 +403,8 @@ def test_read_ply_binary_and_ascii(tmp_path):
         np.testing.assert_allclose(cloud[:, :3], points, rtol=1e-6)
         np.testing.assert_allclose(cloud[:, 3:], colors / 255.0, rtol=1e-6)
     assert read_ply(tmp_path / "plain.ply").shape == (50, 3)
+    # The training collator reads .ply clouds too, without a conversion step.
+    np.testing.assert_allclose(read_media(str(tmp_path / "binary.ply"), "point_cloud")[:, :3], points, rtol=1e-6)
     (tmp_path / "bad.ply").write_bytes(b"solid mesh\n")
     with pytest.raises(MediaError, match="not a PLY file"):
         read_ply(tmp_path / "bad.ply")

@@ -190,6 +190,10 @@ def read_media(media: Any, modality_kind: str) -> Any:
             return read_video(media)
         if modality_kind == "point_cloud" and suffix in (".txt", ".xyz", ".pts"):
             return np.loadtxt(media, dtype=np.float32, delimiter="," if suffix == ".txt" else None)
+        if modality_kind == "point_cloud" and suffix in (".ply", ".pt"):
+            from .converters.media import read_point_cloud_file
+
+            return read_point_cloud_file(media)
     except MediaError:
         raise
     except Exception as error:
