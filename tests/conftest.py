@@ -2,11 +2,11 @@
 
 import json
 import os
+from pathlib import Path
 
 # Tiny models: thread synchronisation outweighs the arithmetic, so one thread is faster (and inherited by the
 # recipes the tests start as subprocesses). Set before torch is imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +22,17 @@ from transformers import (
 )
 
 from modeling_mera import MeraConfig, MeraForCausalLM, MeraProcessor, PointBertConfig
+
+# Prepended to scripts run in a fresh process: a saved or downloaded stage must load with transformers alone, so
+# importing the project there is an error.
+REFUSE_PROJECT_IMPORTS = """
+import importlib.abc, sys
+class RefuseProject(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"modeling_mera", "trainers", "recipes"}:
+            raise ImportError(f"{name} must not be imported")
+sys.meta_path.insert(0, RefuseProject())
+"""
 
 WORDS = (
     "a an the is are of in on and what how many which color shape sound describe image video audio point cloud "

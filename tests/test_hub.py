@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_tiny_run
+from conftest import REFUSE_PROJECT_IMPORTS, write_tiny_run
 from huggingface_hub import HfApi, ModelCard, constants
 from local_hub import LocalHub
 from safetensors.torch import load_file, save_file
@@ -151,14 +151,10 @@ def test_stage_scores_and_model_card_carry_the_relative_gain(published):
     ]
 
 
-LOAD_BY_REPO_ID = """
-import importlib.abc, inspect, json, sys, torch
-class RefuseProject(importlib.abc.MetaPathFinder):
-    # Loading by repo id must need nothing but the Hub files: the project may not be imported.
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"modeling_mera", "trainers", "recipes"}:
-            raise ImportError(f"{name} must not be imported")
-sys.meta_path.insert(0, RefuseProject())
+LOAD_BY_REPO_ID = (
+    REFUSE_PROJECT_IMPORTS
+    + """
+import inspect, json, sys, torch
 from transformers import AutoModel, AutoModelForCausalLM
 folder = sys.argv[1]
 inputs = torch.load(folder + "/inputs.pt")
@@ -171,6 +167,7 @@ for revision in ("stage-1", "stage-2", "main"):
         print(json.dumps({"revision": revision, "class": type(model).__name__, "code": code,
                           "modalities": list(model.config.modalities)}))
 """
+)
 
 LOAD_PROCESSOR = """
 import json, sys

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import (
+    REFUSE_PROJECT_IMPORTS,
     add_tiny_modality,
     build_tiny_model,
     tiny_clip_config,
@@ -136,14 +137,10 @@ def test_save_and_from_pretrained_round_trip_after_each_add_modality(tmp_path):
     assert {"modeling_mera.py", "configuration_mera.py", "encoders.py", "connectors.py"} <= copied
 
 
-FRESH_PROCESS_LOAD = """
-import importlib.abc, sys, torch
-class RefuseProject(importlib.abc.MetaPathFinder):
-    # The saved folder must be self-sufficient: the installed project may not be imported.
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"modeling_mera", "trainers", "recipes"}:
-            raise ImportError(f"{name} must not be imported")
-sys.meta_path.insert(0, RefuseProject())
+FRESH_PROCESS_LOAD = (
+    REFUSE_PROJECT_IMPORTS
+    + """
+import sys, torch
 from transformers import AutoModel, AutoModelForCausalLM
 folder = sys.argv[1]
 inputs = torch.load(folder + "/inputs.pt")
@@ -157,6 +154,7 @@ for auto_class in (AutoModel, AutoModelForCausalLM):
     print(auto_class.__name__, type(model).__name__, diff)
     assert diff < 1e-5
 """
+)
 
 
 def test_fresh_process_loads_with_auto_classes_and_remote_code(tmp_path):
