@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from trl import TrlParser
 
-from trainers.runner import ContinualConfig, build_stage_plan, load_stage_data, run_continual
+from trainers.converters import dry_run_report, format_dry_run_report
+from trainers.runner import ContinualConfig, build_stage_plan, run_continual
 
 
 @dataclass
@@ -24,29 +25,19 @@ class ScriptArguments:
 
 
 def dry_run(config: ContinualConfig) -> dict:
-    """Per stage: its modality, data files and counts per data set and task (media checked while loading)."""
-    report = []
-    for step in build_stage_plan(config):
-        splits = {}
-        for split, files in (("train", step.train_files), ("test", step.test_files)):
-            samples = load_stage_data(files)
-            counts = {}
-            for dataset, task in zip(samples["dataset"], samples["task"]):
-                counts[f"{dataset} ({task})"] = counts.get(f"{dataset} ({task})", 0) + 1
-            splits[split] = {"files": [str(path) for path in files], "samples": len(samples), "datasets": counts}
-        report.append({"stage": step.stage, "modality": step.spec.name, **splits})
-    return {"method": config.method, "order": config.order, "stages": report}
+    """Per stage: its data sets with counts, and every missing data or media file (streamed; no model loaded)."""
+    stages = [
+        {"stage": step.stage, "modality": step.spec.name, "train": step.train_files, "test": step.test_files}
+        for step in build_stage_plan(config)
+    ]
+    return dry_run_report(stages, config.data_root)
 
 
 def main(config: ContinualConfig, script_args: ScriptArguments) -> int:
     if script_args.dry_run:
-        for stage in dry_run(config)["stages"]:
-            print(f"stage {stage['stage']}: {stage['modality']}")
-            for split in ("train", "test"):
-                datasets = ", ".join(f"{name}: {count}" for name, count in stage[split]["datasets"].items())
-                print(f"  {split:<5} {stage[split]['samples']:>7} samples  ({datasets})")
-        print("every referenced media file exists")
-        return 0
+        report = dry_run(config)
+        print(format_dry_run_report(report))
+        return 0 if report["ok"] else 1
     summary = run_continual(config)
     print(f"mean Backward Relative Gain {summary['backward_mean']:.2f}%; results in {config.output_dir}")
     return 0

@@ -29,11 +29,13 @@ def test_dry_run_lists_stages_and_checks_media(tmp_path):
     result = run_recipe("continual.py", "--config", str(config), "--dry_run")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "stage 1: image" in result.stdout and "stage 3: point_cloud" in result.stdout
-    assert "train       8 samples  (toy-audio-caption (caption): 4, toy-audio-qa (qa): 4)" in result.stdout
+    assert "train        8 samples  (toy-audio-caption caption 4, toy-audio-qa qa 4)" in result.stdout
+    assert "every data file and media file exists" in result.stdout
     assert not (tmp_path / "run").exists(), "a dry run trains nothing and writes nothing"
     (tmp_path / "data" / "audio" / "test" / "audio-2.wav").unlink()
     result = run_recipe("continual.py", "--config", str(config), "--dry_run")
-    assert result.returncode != 0 and "audio-2.wav" in result.stderr and "no such file" in result.stderr
+    assert result.returncode == 1 and "MISSING 1 media file(s)" in result.stdout
+    assert str(tmp_path / "data" / "audio" / "test" / "audio-2.wav") in result.stdout
 
 
 def test_killed_continual_run_resumes_without_retraining_finished_stages(tmp_path):

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
-SAMPLE_COLUMNS = ("id", "modality", "media", "prompt", "answer", "references", "task", "dataset")
 TASKS = ("caption", "qa")
 LLAVA_MODALITY_KEYS = ("image", "video", "audio", "point_cloud")
 
