@@ -1,50 +1,55 @@
-"""The `mera` command: one entry point, one sub-command per task.
+"""
+The `mera` command: one entry point, one sub-command per recipe.
 
-Each sub-command lives in its own module of `recipes/` that exposes `add_arguments(parser)` and
-`main(args) -> int`; the module is imported only when its sub-command runs, so `mera --help` stays fast.
+Each sub-command is a module of `recipes/` exposing `make_parser(subparsers=None, prog=None)` (TRL's pattern: it adds
+its parser to `subparsers`, or builds a stand-alone one for `python recipes/NAME.py`) and `run(parser, argv) -> int`
+(parse, then call the module's `main`). The modules import torch and the trainers only when they run, so that
+`mera --help` and `mera COMMAND --help` stay fast.
 """
 
-import argparse
 import importlib
 import sys
 
-# name -> (module, one-line help). Order is the order `mera --help` lists them in.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("recipes.demo", "the offline four-modality benchmark: Fine-Tuning forgets, MERA keeps (CPU, minutes)"),
-    "info": ("recipes.info", "show a saved MERA checkpoint: its modalities, encoders, connectors and sizes"),
-    "metrics": ("recipes.metrics", "Relative-Gain tables and plots from score matrices"),
-    "data": ("recipes.data", "convert the paper's data sets (and LLaVA/MLLM-CL JSON) to mera-mcl samples"),
-    "push": ("recipes.push", "push a run's stages to the Hugging Face Hub, one branch per stage, with model cards"),
+from trl import TrlParser
+
+# Sub-command name -> its module; order is the order `mera --help` lists them in.
+COMMANDS = {
+    "demo": "recipes.demo",
+    "continual": "recipes.continual",
+    "stage": "recipes.stage",
+    "data": "recipes.data",
+    "metrics": "recipes.metrics",
+    "info": "recipes.info",
+    "push": "recipes.push",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> tuple[TrlParser, dict]:
+    """The `mera` parser and, per sub-command, its module and parser."""
+    # A TrlParser at the top makes every sub-command's parser a TrlParser, which `continual` and `stage` need to
+    # parse their config dataclasses (and `--config FILE.yaml`).
+    parser = TrlParser(
         prog="mera",
         description="mera-mcl: teach a multimodal LLM new modalities one after another without losing the old ones.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
-        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
-        subparser.set_defaults(_module=module_name)
-    return parser
+    commands = {}
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        commands[name] = (module, module.make_parser(subparsers))
+    return parser, commands
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    command = next((arg for arg in argv if not arg.startswith("-")), None)
-    if command in SUBCOMMANDS:
-        # Let the sub-command's own module declare its arguments, then parse for real.
-        module = importlib.import_module(SUBCOMMANDS[command][0])
-        subparser = parser._subparsers._group_actions[0].choices[command]
-        module.add_arguments(subparser)
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, commands = build_parser()
+    # The sub-command's own `run` parses its arguments (a YAML `--config` among them); this pass finds which it is.
+    args, _ = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    module = importlib.import_module(args._module)
-    return int(module.main(args) or 0)
+    module, subparser = commands[args.command]
+    return int(module.run(subparser, argv[argv.index(args.command) + 1 :]) or 0)
 
 
 if __name__ == "__main__":

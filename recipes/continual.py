@@ -3,6 +3,7 @@ Every stage of one continual-learning method, in one modality order, evaluated a
 
     python recipes/continual.py --config recipes/configs/paper_sequential.yaml --data_root /data/mera --method mera
     accelerate launch recipes/continual.py --config recipes/configs/paper_sequential.yaml --data_root /data/mera
+    mera continual --config recipes/configs/paper_sequential.yaml --data_root /data/mera --method mera
 
 Resumable: a killed run continues at its last finished stage (a finished stage is never re-trained), and within a
 stage after its merge. `--dry_run` lists each stage's data with counts and checks every media file, without
@@ -15,8 +16,9 @@ from dataclasses import dataclass, field
 
 from trl import TrlParser
 
-from trainers.converters import dry_run_report, format_dry_run_report
-from trainers.runner import ContinualConfig, build_stage_plan, run_continual
+from trainers.settings import ContinualConfig
+
+HELP = "run (or resume) every stage of one method, evaluated after every stage (trainers/continual.py)"
 
 
 @dataclass
@@ -24,8 +26,18 @@ class ScriptArguments:
     dry_run: bool = field(default=False, metadata={"help": "List the stages' data and check media; train nothing."})
 
 
+def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
+    dataclass_types = (ContinualConfig, ScriptArguments)
+    if subparsers is not None:
+        return subparsers.add_parser("continual", help=HELP, description=HELP, dataclass_types=dataclass_types)
+    return TrlParser(dataclass_types, prog=prog, description=HELP)
+
+
 def dry_run(config: ContinualConfig) -> dict:
     """Per stage: its data sets with counts, and every missing data or media file (streamed; no model loaded)."""
+    from trainers.continual import build_stage_plan
+    from trainers.data.converters import dry_run_report
+
     stages = [
         {"stage": step.stage, "modality": step.spec.name, "train": step.train_files, "test": step.test_files}
         for step in build_stage_plan(config)
@@ -35,14 +47,22 @@ def dry_run(config: ContinualConfig) -> dict:
 
 def main(config: ContinualConfig, script_args: ScriptArguments) -> int:
     if script_args.dry_run:
+        from trainers.data.converters import format_dry_run_report
+
         report = dry_run(config)
         print(format_dry_run_report(report))
         return 0 if report["ok"] else 1
+    from trainers.continual import run_continual
+
     summary = run_continual(config)
     print(f"mean Backward Relative Gain {summary['backward_mean']:.2f}%; results in {config.output_dir}")
     return 0
 
 
+def run(parser: TrlParser, argv: list[str] | None = None) -> int:
+    config, script_args = parser.parse_args_and_config(argv)
+    return main(config, script_args)
+
+
 if __name__ == "__main__":
-    config, script_args = TrlParser((ContinualConfig, ScriptArguments)).parse_args_and_config()
-    sys.exit(main(config, script_args))
+    sys.exit(run(make_parser(prog="recipes/continual.py")))

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from trainers.converters import (
+from trainers.data.converters import (
     CONVERTERS,
     convert,
     describe_converter,
@@ -21,6 +21,7 @@ from trainers.converters import (
     parse_options,
 )
 
+HELP = "convert the paper's data sets (and LLaVA/MLLM-CL JSON) to mera-mcl samples"
 EPILOG = """\
 output: <out>/<name>/train.jsonl, test.jsonl and manifest.json (sources, options, seed, sizes, counts before and
 after each filter). Media paths are written relative to <out>/<name>/, so the converted folders can move together
@@ -46,7 +47,21 @@ examples (the paper's eight data sets, then an MLLM-CL task):
 """
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def make_parser(subparsers=None, prog: str | None = None) -> argparse.ArgumentParser:
+    """The `mera data` parser, added to `subparsers` (TRL's `make_parser` pattern) or stand-alone."""
+    if subparsers is None:
+        parser = argparse.ArgumentParser(prog=prog, description=HELP)
+    else:
+        parser = subparsers.add_parser("data", help=HELP, description=HELP, formatter_class=argparse.HelpFormatter)
+    _add_arguments(parser)
+    return parser
+
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    return main(parser.parse_args(argv))
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     actions = parser.add_subparsers(dest="action", metavar="ACTION")

@@ -20,29 +20,40 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 import yaml
 
-from trainers.continual_metrics import ScoreMatrix, format_report, plot_progressive_relative_gain, summarize
-from trainers.demo import build_benchmark, demo_modality_entries, pretrained_language_model
-from trainers.methods import METHODS
-from trainers.runner import ContinualConfig, run_continual
+from trainers.settings import ContinualConfig
 
+HELP = "the offline four-modality benchmark: Fine-Tuning forgets, MERA keeps (CPU, minutes)"
 DEMO_CONFIG = Path(__file__).with_name("configs") / "demo.yaml"
 DEFAULT_METHODS = "fine_tuning,mera"
 
 
-def add_arguments(parser: argparse.ArgumentParser):
+def _add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--out", default="mera_demo", help="output folder (default: ./mera_demo)")
     parser.add_argument("--order", choices=("sequential", "reverse"), default="sequential", help="modality order")
     parser.add_argument(
         "--methods",
         default=DEFAULT_METHODS,
-        help=f"comma-separated methods among {', '.join(sorted(METHODS))} (default: {DEFAULT_METHODS})",
+        help=f"comma-separated methods, the names `--method` takes (docs/methods.md; default: {DEFAULT_METHODS})",
     )
     parser.add_argument("--quick", action="store_true", help="a small benchmark and short training (a smoke test)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the benchmark, the language model and training")
     parser.add_argument("--config", default=str(DEMO_CONFIG), help="the demo's YAML config (default: the built-in)")
+
+
+def make_parser(subparsers=None, prog: str | None = None) -> argparse.ArgumentParser:
+    """The `mera demo` parser, added to `subparsers` (TRL's `make_parser` pattern) or stand-alone."""
+    if subparsers is None:
+        parser = argparse.ArgumentParser(prog=prog, description=HELP)
+    else:
+        parser = subparsers.add_parser("demo", help=HELP, description=HELP, formatter_class=argparse.HelpFormatter)
+    _add_arguments(parser)
+    return parser
+
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    return main(parser.parse_args(argv))
 
 
 def demo_config(path: str | Path, quick: bool) -> dict:
@@ -62,6 +73,13 @@ def demo_config(path: str | Path, quick: bool) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from trainers.continual import run_continual
+    from trainers.demo import build_benchmark, demo_modality_entries, pretrained_language_model
+    from trainers.evaluation.metrics import ScoreMatrix, format_report, plot_progressive_relative_gain, summarize
+    from trainers.methods import METHODS
+
     # The demo's models are tiny, so thread synchronisation outweighs the arithmetic: one thread ran a training
     # step in 0.04 s where two took 1.0 s on a busy 2-core machine.
     torch.set_num_threads(1)

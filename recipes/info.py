@@ -5,16 +5,30 @@ import json
 import sys
 from pathlib import Path
 
-from modeling_mera import MeraConfig
+HELP = "show a saved MERA checkpoint: its modalities, encoders, connectors and sizes"
 
 
-def add_arguments(parser: argparse.ArgumentParser):
+def make_parser(subparsers=None, prog: str | None = None) -> argparse.ArgumentParser:
+    """The `mera info` parser, added to `subparsers` (TRL's `make_parser` pattern) or stand-alone."""
+    if subparsers is None:
+        parser = argparse.ArgumentParser(prog=prog, description=HELP)
+    else:
+        parser = subparsers.add_parser("info", help=HELP, description=HELP, formatter_class=argparse.HelpFormatter)
+    _add_arguments(parser)
+    return parser
+
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    return main(parser.parse_args(argv))
+
+
+def _add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("checkpoint", help="folder (or Hub repo id) of a saved MeraForCausalLM")
     parser.add_argument("--revision", default=None, help="Hub branch, tag or commit, e.g. stage-2")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
-def summarize(config: MeraConfig) -> dict:
+def summarize(config) -> dict:
     text = config.text_config
     return {
         "language_model": {
@@ -37,6 +51,8 @@ def summarize(config: MeraConfig) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
+    from modeling_mera import MeraConfig
+
     if Path(args.checkpoint).exists() and not (Path(args.checkpoint) / "config.json").exists():
         print(f"error: {args.checkpoint} has no config.json; is it a saved MeraForCausalLM?", file=sys.stderr)
         return 2

@@ -10,7 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-from trainers.continual_metrics import ScoreMatrix, format_report, plot_progressive_relative_gain, summarize
+from trainers.evaluation.metrics import ScoreMatrix, format_report, plot_progressive_relative_gain, summarize
+
+HELP = "Relative-Gain tables and plots from score matrices"
 
 FORMAT_HELP = """\
 score-matrix format (one JSON file per method; modalities in training order; stages[i] = scores after stage i+1):
@@ -34,7 +36,21 @@ examples:
 """
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def make_parser(subparsers=None, prog: str | None = None) -> argparse.ArgumentParser:
+    """The `mera metrics` parser, added to `subparsers` (TRL's `make_parser` pattern) or stand-alone."""
+    if subparsers is None:
+        parser = argparse.ArgumentParser(prog=prog, description=HELP)
+    else:
+        parser = subparsers.add_parser("metrics", help=HELP, description=HELP, formatter_class=argparse.HelpFormatter)
+    _add_arguments(parser)
+    return parser
+
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    return main(parser.parse_args(argv))
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = FORMAT_HELP
     parser.add_argument("scores", nargs="+", metavar="SCORES.json", help="score-matrix files, one per method")

@@ -20,7 +20,24 @@ then:  AutoModel.from_pretrained("org/mera-4mod", revision="stage-2", trust_remo
 """
 
 
-def add_arguments(parser: argparse.ArgumentParser):
+HELP = "push a run's stages to the Hugging Face Hub, one branch per stage, with model cards"
+
+
+def make_parser(subparsers=None, prog: str | None = None) -> argparse.ArgumentParser:
+    """The `mera push` parser, added to `subparsers` (TRL's `make_parser` pattern) or stand-alone."""
+    if subparsers is None:
+        parser = argparse.ArgumentParser(prog=prog, description=HELP)
+    else:
+        parser = subparsers.add_parser("push", help=HELP, description=HELP, formatter_class=argparse.HelpFormatter)
+    _add_arguments(parser)
+    return parser
+
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    return main(parser.parse_args(argv))
+
+
+def _add_arguments(parser: argparse.ArgumentParser):
     parser.description = __doc__.split("\n\n", 1)[1].strip()
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG

@@ -4,6 +4,7 @@ One stage of a continual run: from the stage i-1 checkpoint (or the language mod
     python recipes/stage.py --config recipes/configs/paper_sequential.yaml --data_root /data/mera --stage 2
     accelerate launch recipes/stage.py --config recipes/configs/paper_sequential.yaml --data_root /data/mera --stage 2
     accelerate launch --num_processes 2 --cpu recipes/stage.py --config my.yaml --stage 1
+    mera stage --config recipes/configs/paper_sequential.yaml --data_root /data/mera --stage 2
 
 The stage reads `output_dir/stage-{i-1}` unless `--previous` names another checkpoint, and writes
 `output_dir/stage-{i}` atomically. GPU count and precision come from the accelerate config, not from here.
@@ -15,9 +16,9 @@ from pathlib import Path
 
 from trl import TrlParser
 
-from trainers.continual import is_finished_stage, run_stage
-from trainers.methods import get_method_plugins
-from trainers.runner import ContinualConfig, base_model_and_processor, build_stage_plan, load_stage_data
+from trainers.settings import ContinualConfig
+
+HELP = "run one stage of a continual run (the loop of trainers/stage.py); `accelerate launch recipes/stage.py` alike"
 
 
 @dataclass
@@ -28,7 +29,19 @@ class StageArguments:
     )
 
 
+def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
+    dataclass_types = (ContinualConfig, StageArguments)
+    if subparsers is not None:
+        return subparsers.add_parser("stage", help=HELP, description=HELP, dataclass_types=dataclass_types)
+    return TrlParser(dataclass_types, prog=prog, description=HELP)
+
+
 def main(config: ContinualConfig, args: StageArguments) -> int:
+    from trainers.checkpoint import is_finished_stage
+    from trainers.continual import base_model_and_processor, build_stage_plan, load_stage_data
+    from trainers.methods import get_method_plugins
+    from trainers.stage import run_stage
+
     plan = build_stage_plan(config)
     if not 1 <= args.stage <= len(plan):
         raise ValueError(f"--stage must be between 1 and {len(plan)} for this config, got {args.stage}")
@@ -50,6 +63,10 @@ def main(config: ContinualConfig, args: StageArguments) -> int:
     return 0
 
 
+def run(parser: TrlParser, argv: list[str] | None = None) -> int:
+    config, stage_args = parser.parse_args_and_config(argv)
+    return main(config, stage_args)
+
+
 if __name__ == "__main__":
-    config, stage_args = TrlParser((ContinualConfig, StageArguments)).parse_args_and_config()
-    sys.exit(main(config, stage_args))
+    sys.exit(run(make_parser(prog="recipes/stage.py")))

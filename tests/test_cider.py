@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from trainers.cider import compute_cider, score_captions, tokenize_caption
+from trainers.evaluation.cider import compute_cider, score_captions, tokenize_caption
 
 SUBJECTS = [
     ("a", "man"),

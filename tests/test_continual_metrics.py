@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from recipes.cli import main as cli_main
-from trainers.continual_metrics import (
+from trainers.evaluation.metrics import (
     ScoreMatrix,
     accuracy_matrix_metrics,
     backward_relative_gain,

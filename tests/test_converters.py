@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from recipes.cli import main as mera
-from trainers.converters import (
+from trainers.data import MediaError, load_samples, read_media
+from trainers.data.converters import (
     CONVERTERS,
     convert,
     dry_run_report,
@@ -19,7 +20,6 @@ from trainers.converters import (
     read_ply,
     stream_samples,
 )
-from trainers.data import MediaError, load_samples, read_media
 
 
 # --- fixture writers, one per native format -----------------------------------------------------------------------

@@ -53,10 +53,12 @@ def test_questions_need_the_input_zeroed_features_score_far_below(tmp_path):
     """An image expert on the demo benchmark answers its QA far better than the same model fed zeroed features."""
     import torch
 
-    from trainers.continual import load_stage, run_stage
+    from trainers.checkpoint import load_stage
+    from trainers.continual import base_model_and_processor, build_stage_plan, load_stage_data
     from trainers.demo import build_benchmark, demo_modality_entries, pretrained_language_model
-    from trainers.evaluation import evaluate_model
-    from trainers.runner import ContinualConfig, base_model_and_processor, build_stage_plan, load_stage_data
+    from trainers.evaluation.generation import evaluate_model
+    from trainers.settings import ContinualConfig
+    from trainers.stage import run_stage
 
     torch.set_num_threads(1)
     benchmark = tmp_path / "benchmark"

@@ -386,7 +386,8 @@ def test_encoders_are_drawn_from_the_seed_and_cached(tmp_path):
     assert weights["a"][0].stat().st_mtime_ns == modified
 
     # The same entries are the runner's YAML form of the modalities.
-    from trainers.runner import ContinualConfig, build_stage_plan
+    from trainers.continual import build_stage_plan
+    from trainers.settings import ContinualConfig
 
     config = ContinualConfig(
         language_model="unused",

@@ -5,10 +5,10 @@ import json
 import pytest
 from conftest import build_tiny_model, tiny_processor, toy_samples
 
-from trainers.cider import compute_cider
-from trainers.continual_metrics import ScoreMatrix
 from trainers.data import read_media
-from trainers.evaluation import evaluate_model, generate_predictions, score_predictions
+from trainers.evaluation.cider import compute_cider
+from trainers.evaluation.generation import evaluate_model, generate_predictions, score_predictions
+from trainers.evaluation.metrics import ScoreMatrix
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,14 @@ from safetensors.torch import load_file
 from test_stage import SPECS, tiny_settings
 
 from modeling_mera import MeraBatch
-from trainers.continual import load_stage, run_stage
+from trainers.checkpoint import load_stage
 from trainers.data import MeraDataCollator, load_samples
+from trainers.data.replay import sample_replay
 from trainers.merge import unwrapped_name
 from trainers.methods import get_method_plugins
 from trainers.methods.ewc import EWCPlugin, ewc_penalty, tracked_weights
-from trainers.replay import sample_replay
 from trainers.sft import MeraSFTTrainer, llm_lora_config
+from trainers.stage import run_stage
 
 
 def _fisher(model, seed=0):

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from modeling_mera import MeraForCausalLM, MeraProcessor
 from recipes.cli import main as cli_main
-from trainers.continual_metrics import ScoreMatrix, summarize
+from trainers.evaluation.metrics import ScoreMatrix, summarize
 from trainers.hub import HubPushError, HubRevisionExistsError, plan_stage_upload, push_run
 
 ROOT = Path(__file__).resolve().parents[1]

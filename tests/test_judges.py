@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from trainers.judges import GPTJudge, MatchJudge, get_judge, normalize_answer, parse_judge_reply, score_qa
+from trainers.evaluation.judges import GPTJudge, MatchJudge, get_judge, normalize_answer, parse_judge_reply, score_qa
 
 
 class FakeOpenAIServer:
@@ -224,7 +224,7 @@ def test_get_judge_defaults_to_gpt_only_with_an_api_key(monkeypatch, tmp_path):
 
 
 def test_judges_module_imports_openai_lazily():
-    code = "import sys, trainers.judges as j; j.get_judge('match'); print('openai' in sys.modules)"
+    code = "import sys, trainers.evaluation.judges as j; j.get_judge('match'); print('openai' in sys.modules)"
     repo_root = Path(__file__).resolve().parents[1]
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo_root)
     output = run.stdout

@@ -5,14 +5,18 @@ import json
 import pytest
 import torch
 from conftest import build_tiny_model, tiny_processor, toy_samples
+from datasets import Dataset
 from test_stage import SPECS, tiny_settings
 
-import trainers.continual as continual
-from trainers.continual import RealignPlugin, StagePlugin, load_stage, run_stage
+import trainers.stage as stage_loop
+from trainers.checkpoint import load_stage
 from trainers.data import MeraDataCollator, load_samples
+from trainers.data.replay import ReplayBuffer
 from trainers.methods import METHODS, get_method_plugins, register_method
-from trainers.replay import ReplayBuffer
-from trainers.runner import ContinualConfig
+from trainers.methods.mera import RealignPlugin
+from trainers.plugins import StagePlugin
+from trainers.settings import ContinualConfig
+from trainers.stage import run_stage
 
 PAPER_TABLE = {"fine_tuning", "replay", "ewc", "eproj", "pathweave", "mera", "merge_only", "realign_only", "mr_lora"}
 
@@ -23,14 +27,15 @@ def test_registry_resolves_every_method_and_refuses_what_it_cannot_run():
     assert [p.name for p in get_method_plugins("replay")] == ["replay"]
     with pytest.raises(ValueError, match=r"unknown method 'lwf'; known methods: \['eproj', 'ewc', 'fine_tuning'"):
         get_method_plugins("lwf")
-    # --realign R appends MERA's realign step to any method that can take one.
-    plugins = get_method_plugins("ewc", ContinualConfig(method="ewc", realign=1.0, ewc_lambda=0.5))
+    # --realign_ratio R appends MERA's realign step to any method that can take one.
+    config = ContinualConfig(method="ewc", realign_ratio=1.0, method_args={"ewc_lambda": 0.5})
+    plugins = get_method_plugins("ewc", config)
     assert [p.name for p in plugins] == ["ewc", "realign"]
-    assert plugins[0].ewc_lambda == 0.5 and plugins[1].ratio_percent == 1.0
+    assert plugins[0].ewc_lambda == 0.5 and plugins[1].realign_ratio == 1.0
     with pytest.raises(ValueError, match="'mr_lora' cannot be followed by a realign step"):
-        get_method_plugins("mr_lora", ContinualConfig(realign=1.0))
+        get_method_plugins("mr_lora", ContinualConfig(realign_ratio=1.0))
     with pytest.raises(ValueError, match="'mera' already realigns"):
-        get_method_plugins("mera", ContinualConfig(realign=1.0))
+        get_method_plugins("mera", ContinualConfig(realign_ratio=1.0))
     with pytest.raises(ValueError, match=r"method_args \['lambda'\] are not settings of method 'ewc'"):
         get_method_plugins("ewc", ContinualConfig(method_args={"lambda": 3}))
     assert get_method_plugins("ewc", ContinualConfig(method_args={"fisher_percent": 5}))[0].fisher_percent == 5
@@ -52,7 +57,7 @@ def test_a_user_method_registered_from_outside_runs_in_the_stage_loop(tmp_path):
             register_method("connector_only_test")(connector_only)
         base = build_tiny_model(())
         data = load_samples(toy_samples(tmp_path / "data", "image", 4))
-        plugins = get_method_plugins("connector_only_test", ContinualConfig(realign=12.5))
+        plugins = get_method_plugins("connector_only_test", ContinualConfig(realign_ratio=12.5))
         output = run_stage(
             base, tiny_processor(base), SPECS["image"], data, tmp_path / "s1", 1, plugins, tiny_settings()
         )
@@ -68,21 +73,21 @@ def test_realign_ratio_takes_r_percent_of_every_stage_out_of_the_replay_pool():
     buffer = ReplayBuffer()
     for stage, count in ((1, 40), (2, 100)):
         rows = [{"id": f"{stage}-{i}", "modality": "image"} for i in range(count)]
-        buffer.add_stage(stage, continual.Dataset.from_list(rows), 10.0, seed=stage)
+        buffer.add_stage(stage, Dataset.from_list(rows), 10.0, seed=stage)
     ctx = type("Ctx", (), {"replay": buffer, "settings": tiny_settings()})()
-    subset = RealignPlugin(ratio_percent=5.0).realign_set(ctx)
+    subset = RealignPlugin(realign_ratio=5.0).realign_set(ctx)
     ids = subset["id"]
     assert sum(i.startswith("1-") for i in ids) == 2 and sum(i.startswith("2-") for i in ids) == 5
     assert set(ids) <= set(buffer.union()["id"])
     assert len(RealignPlugin().realign_set(ctx)) == 4 + 10  # no ratio: the whole pool (replay_ratio 10%)
     with pytest.raises(ValueError, match="needs 20 samples of stage 1 but the replay buffer keeps 4"):
-        RealignPlugin(ratio_percent=50.0).realign_set(ctx)
+        RealignPlugin(realign_ratio=50.0).realign_set(ctx)
 
 
 def test_replay_batches_mix_old_stages_in_the_stated_proportion(tmp_path, monkeypatch):
     seen: list[tuple[str, str]] = []  # (phase, modality) of every sample a batch held
     phase = {"name": None}
-    original_phase, original_call = continual._train_phase, MeraDataCollator.__call__
+    original_phase, original_call = stage_loop._train_phase, MeraDataCollator.__call__
 
     def tracing_phase(ctx, name, *args, **kwargs):
         phase["name"] = name
@@ -92,7 +97,7 @@ def test_replay_batches_mix_old_stages_in_the_stated_proportion(tmp_path, monkey
         seen.extend((phase["name"], sample["modality"]) for sample in samples)
         return original_call(self, samples)
 
-    monkeypatch.setattr(continual, "_train_phase", tracing_phase)
+    monkeypatch.setattr(stage_loop, "_train_phase", tracing_phase)
     monkeypatch.setattr(MeraDataCollator, "__call__", tracing_call)
     base = build_tiny_model(())
     settings = tiny_settings()  # replay_ratio 25%: ceil(0.25 x 8) = 2 samples per earlier stage

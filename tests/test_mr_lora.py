@@ -7,12 +7,13 @@ from conftest import build_tiny_model, tiny_processor, toy_samples
 from peft import PeftModelForCausalLM
 from test_stage import SPECS, tiny_settings
 
-from trainers.continual import base_state_dict, load_stage, run_stage
+from trainers.checkpoint import base_state_dict, load_stage
 from trainers.data import load_samples
-from trainers.evaluation import evaluate_model
+from trainers.evaluation.generation import evaluate_model
 from trainers.methods import get_method_plugins
 from trainers.methods.routing import RoutedLoraModel, encode_prompts, parse_choice, routed_batches
-from trainers.runner import ContinualConfig
+from trainers.settings import ContinualConfig
+from trainers.stage import run_stage
 
 MODALITIES = ("image", "audio", "point_cloud")
 # The tiny word-level vocabulary has no letters but 'a': option labels are number words here.

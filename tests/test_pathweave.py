@@ -7,11 +7,13 @@ import torch
 from conftest import build_tiny_model, tiny_processor, toy_samples
 from test_stage import SPECS, tiny_settings
 
-from trainers.continual import StagePlugin, base_state_dict, load_stage, run_stage
+from trainers.checkpoint import base_state_dict, load_stage
 from trainers.data import load_samples
-from trainers.evaluation import evaluate_model
+from trainers.evaluation.generation import evaluate_model
 from trainers.methods import get_method_plugins
 from trainers.methods.pathweave import PathWeaveLinear, pathweave_layers
+from trainers.plugins import StagePlugin
+from trainers.stage import run_stage
 
 
 def test_layer_output_is_the_base_plus_the_gated_adapters_and_new_parts_start_neutral():

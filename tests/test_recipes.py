@@ -13,7 +13,8 @@ import pytest
 import yaml
 from conftest import write_tiny_run
 
-from trainers.runner import ContinualConfig, build_stage_plan
+from trainers.continual import build_stage_plan
+from trainers.settings import ContinualConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}

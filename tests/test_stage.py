@@ -17,8 +17,10 @@ from conftest import (
 )
 
 from modeling_mera import MeraForCausalLM
-from trainers.continual import ModalitySpec, StageSettings, load_stage, run_stage
+from trainers.checkpoint import load_stage
 from trainers.data import load_samples
+from trainers.settings import ModalitySpec, StageSettings
+from trainers.stage import run_stage
 
 TINY_PHASE = {
     "per_device_train_batch_size": 4,
@@ -48,9 +50,9 @@ SPECS = {
 
 def tiny_settings() -> StageSettings:
     return StageSettings(
-        pretrain={**TINY_PHASE, "learning_rate": 1e-2},
-        finetune={**TINY_PHASE, "learning_rate": 5e-3, "connector_learning_rate": 1e-3},
-        realign={**TINY_PHASE, "learning_rate": 1e-3},
+        pretrain_args={**TINY_PHASE, "learning_rate": 1e-2},
+        finetune_args={**TINY_PHASE, "learning_rate": 5e-3, "connector_learning_rate": 1e-3},
+        realign_args={**TINY_PHASE, "learning_rate": 1e-3},
         lora={"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
         replay_ratio=25,
         seed=0,

@@ -9,7 +9,7 @@ from conftest import build_tiny_model, tiny_processor, toy_samples
 from datasets import Dataset
 
 from trainers.data import MediaError, MeraDataCollator, load_samples
-from trainers.replay import ReplayBuffer, replay_count, sample_replay
+from trainers.data.replay import ReplayBuffer, replay_count, sample_replay
 from trainers.sft import MeraSFTConfig, MeraSFTTrainer, RealignTrainer, llm_lora_config, set_trainable, unwrap_mera
 
 

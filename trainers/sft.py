@@ -11,17 +11,19 @@ from peft import LoraConfig, PeftModel
 from trl import SFTConfig, SFTTrainer
 
 from .data import MeraDataCollator
+from .settings import PAPER_LORA
 
+# What trains in each phase unless a plug-in or a config says otherwise: the one place these defaults live.
+DEFAULT_TRAINABLE = {
+    "pretrain": ("connector:new",),
+    "finetune": ("connector:new", "llm:lora"),
+    "realign": ("connectors",),
+}
 # Table 9 of the paper (AdamW, cosine decay, warm-up ratio 0.03, one epoch).
 PAPER_PHASES = {
-    "pretrain": {"per_device_train_batch_size": 128, "learning_rate": 1e-3, "trainable": ["connector:new"]},
-    "finetune": {
-        "per_device_train_batch_size": 16,
-        "learning_rate": 2e-4,
-        "connector_learning_rate": 2e-5,
-        "trainable": ["connector:new", "llm:lora"],
-    },
-    "realign": {"per_device_train_batch_size": 16, "learning_rate": 2e-5, "trainable": ["connectors"]},
+    "pretrain": {"per_device_train_batch_size": 128, "learning_rate": 1e-3},
+    "finetune": {"per_device_train_batch_size": 16, "learning_rate": 2e-4, "connector_learning_rate": 2e-5},
+    "realign": {"per_device_train_batch_size": 16, "learning_rate": 2e-5},
 }
 
 
@@ -71,11 +73,15 @@ def paper_phase_config(phase: str, output_dir: str, **overrides) -> MeraSFTConfi
     """The paper's hyper-parameters for a phase ('pretrain', 'finetune', 'realign'), with overrides."""
     if phase not in PAPER_PHASES:
         raise ValueError(f"unknown phase {phase!r}; expected one of {list(PAPER_PHASES)}")
-    return MeraSFTConfig(output_dir=output_dir, **{**PAPER_PHASES[phase], **overrides})
+    defaults = {**PAPER_PHASES[phase], "trainable": list(DEFAULT_TRAINABLE[phase])}
+    return MeraSFTConfig(output_dir=output_dir, **{**defaults, **overrides})
 
 
-def llm_lora_config(model, r: int = 128, lora_alpha: int = 128, lora_dropout: float = 0.05, **kwargs) -> LoraConfig:
-    """LoRA on every linear layer of the LLM (not the LM head, encoders or connectors), as in the paper."""
+def llm_lora_config(model, **lora) -> LoraConfig:
+    """
+    LoRA on every linear layer of the LLM (not the LM head, encoders or connectors), as in the paper; `lora` (r,
+    lora_alpha, lora_dropout, any other `LoraConfig` field) overrides the paper's shape (`PAPER_LORA`).
+    """
     linear_names = sorted(
         {
             name.rsplit(".", 1)[-1]
@@ -84,9 +90,7 @@ def llm_lora_config(model, r: int = 128, lora_alpha: int = 128, lora_dropout: fl
         }
     )
     pattern = r".*\.language_model\..*\.(" + "|".join(map(re.escape, linear_names)) + r")$"
-    return LoraConfig(
-        r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=pattern, task_type="CAUSAL_LM", **kwargs
-    )
+    return LoraConfig(**{**PAPER_LORA, **lora}, target_modules=pattern, task_type="CAUSAL_LM")
 
 
 def unwrap_mera(model):
@@ -145,7 +149,7 @@ class MeraSFTTrainer(SFTTrainer):
     terms through their `extra_loss(model, inputs)`; each term is logged as `<plugin name>_loss`.
     """
 
-    default_trainable = ("connector:new",)
+    default_trainable = DEFAULT_TRAINABLE["pretrain"]
 
     def __init__(self, model, args: MeraSFTConfig, train_dataset, processor, peft_config=None, plugins=(), **kwargs):
         if not isinstance(args, MeraSFTConfig):
@@ -204,7 +208,7 @@ class RealignTrainer(MeraSFTTrainer):
     and the LLM (LoRA included) stay frozen.
     """
 
-    default_trainable = ("connectors",)
+    default_trainable = DEFAULT_TRAINABLE["realign"]
 
     def __init__(self, model, args: MeraSFTConfig, train_dataset, processor, **kwargs):
         if kwargs.get("peft_config") is not None:

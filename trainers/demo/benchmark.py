@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from ..cider import score_captions
+from ..evaluation.cider import score_captions
 
 MODALITIES = ("image", "video", "audio", "point_cloud")
 MANIFEST = "manifest.json"

@@ -20,7 +20,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, PreTrainedConfig, Wh
 
 from modeling_mera import PointBertConfig, PointBertModel
 
-from ..continual import ModalitySpec
+from ..settings import ModalitySpec
 from .benchmark import MODALITIES, BenchmarkSizes, load_manifest
 from .cache import atomic_folder, content_key, default_cache_dir
 
@@ -179,7 +179,7 @@ def demo_modality_specs(
     The demo's modalities as `ModalitySpec`s for `run_stage`, keyed by name, with their feature processors built.
     Arguments as in `demo_modality_entries`.
     """
-    from ..runner import build_processor_from_dict  # the runner's YAML form of a processor; imported on use
+    from ..continual import build_processor_from_dict  # the continual run's YAML form of a processor; imported on use
 
     specs = {}
     for entry in demo_modality_entries(cache_dir, seed, benchmark, modalities):

@@ -4,8 +4,8 @@ fine-tunes its new connector (on captions, then captions + QA); the LLM is froze
 pre-trained language model bit for bit, and each modality keeps its own connector.
 """
 
-from ..continual import StageContext, StagePlugin
-from . import register_method
+from ..plugins import StageContext, StagePlugin
+from .registry import register_method
 
 
 class EProjPlugin(StagePlugin):

@@ -18,12 +18,11 @@ from torch import nn
 
 from modeling_mera import MeraBatch
 
-from ..continual import StageContext, StagePlugin
-from ..data import MeraDataCollator
+from ..data import MeraDataCollator, sample_replay
 from ..merge import llm_parameter_names, unwrapped_name
-from ..replay import sample_replay
+from ..plugins import StageContext, StagePlugin
 from ..sft import unwrap_mera
-from . import method_args, register_method, setting
+from .registry import method_args, register_method
 
 
 def ewc_penalty(deviations: dict[str, torch.Tensor], fisher: dict[str, torch.Tensor], lam: float) -> torch.Tensor:
@@ -162,7 +161,7 @@ class EWCPlugin(StagePlugin):
         }
 
 
-@register_method("ewc", arguments=("fisher_percent", "decay"))
+@register_method("ewc", arguments=("ewc_lambda", "fisher_percent", "decay"))
 def ewc(config=None) -> list[StagePlugin]:
-    """Online EWC with λ = `ewc_lambda` (paper: 1), the Fisher from 1% of each stage's data."""
-    return [EWCPlugin(ewc_lambda=setting(config, "ewc_lambda", 1.0), **method_args(config))]
+    """Online EWC with λ = `method_args.ewc_lambda` (paper: 1), the Fisher from 1% of each stage's data."""
+    return [EWCPlugin(**method_args(config))]

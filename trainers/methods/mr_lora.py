@@ -22,9 +22,10 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
 
-from ..continual import AdapterFormat, StageContext, StagePlugin, register_adapter_format
+from ..checkpoint import AdapterFormat
+from ..plugins import StageContext, StagePlugin
 from ..sft import MeraSFTTrainer, llm_lora_config, paper_phase_config
-from . import method_args, register_method
+from .registry import method_args, register_method
 from .routing import RoutedLoraModel, RouterCollator, parse_choice, routed_batches
 
 __all__ = ["MRLoraPlugin", "MRLoraFormat", "RoutedLoraModel", "parse_choice"]
@@ -57,8 +58,6 @@ class MRLoraFormat(AdapterFormat):
             model.set_adapter(saved["routing"]["experts"][-1]["adapter"])
         return model
 
-
-register_adapter_format(MRLoraFormat())
 
 
 class MRLoraPlugin(StagePlugin):
@@ -121,7 +120,7 @@ class MRLoraPlugin(StagePlugin):
     def configure_finetune(self, ctx: StageContext):
         adapter = re.escape(self.experts[-1]["adapter"])
         ctx.peft_config, ctx.finetune_trainable = None, ["connector:new", rf"match:\.lora_(A|B)\.{adapter}\."]
-        ctx.adapter_format = MRLoraFormat.name
+        ctx.adapter_format = MRLoraFormat()
 
     def after_stage(self, ctx: StageContext):
         model = ctx.model
@@ -134,7 +133,7 @@ class MRLoraPlugin(StagePlugin):
         model.set_adapter(ROUTER)
         routing = self.routing()
         model.set_routing(routing, ctx.processor.tokenizer)
-        overrides = {"seed": ctx.settings.seed, **ctx.settings.finetune, **self.router_args}
+        overrides = {"seed": ctx.settings.seed, **(ctx.settings.finetune_args or {}), **self.router_args}
         args = paper_phase_config("finetune", str(ctx.work_dir / ROUTER), **overrides)
         args.trainable = [rf"match:\.lora_(A|B)\.{ROUTER}\."]
         collator = RouterCollator(ctx.processor, routing)

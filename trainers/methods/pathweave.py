@@ -22,8 +22,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..continual import AdapterFormat, StageContext, StagePlugin, register_adapter_format
-from . import register_method
+from ..checkpoint import AdapterFormat
+from ..plugins import StageContext, StagePlugin
+from .registry import register_method
 
 PREFIX = "pathweave_"
 CONFIG_FILE = "pathweave_config.json"
@@ -142,8 +143,6 @@ class PathWeaveFormat(AdapterFormat):
         return base
 
 
-register_adapter_format(PathWeaveFormat())
-
 
 class PathWeavePlugin(StagePlugin):
     """Swaps LoRA for adapter-in-adapter modules in the fine-tuning phase; they are kept, never folded."""
@@ -151,12 +150,12 @@ class PathWeavePlugin(StagePlugin):
     name = "pathweave"
 
     def configure_finetune(self, ctx: StageContext):
-        r, alpha = ctx.settings.lora.get("r", 128), ctx.settings.lora.get("lora_alpha", 128)
+        r, alpha = ctx.settings.lora["r"], ctx.settings.lora["lora_alpha"]
         layers = add_pathweave_modality(ctx.model, ctx.modality, r, alpha)
         new = re.escape(ctx.modality)
         trains = rf"\.{PREFIX}(down|up)\.{new}\.|\.{PREFIX}in\.[^.]+\.{new}\.|\.{PREFIX}gate\."
         ctx.peft_config, ctx.finetune_trainable = None, ["connector:new", f"match:{trains}"]
-        ctx.adapter_format = PathWeaveFormat.name
+        ctx.adapter_format = PathWeaveFormat()
         ctx.log["pathweave"] = {"layers": len(layers), "rank": r, "adapters": next(iter(layers.values())).modalities}
 
 

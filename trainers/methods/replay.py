@@ -1,13 +1,13 @@
 """
 Replay (r%), the paper's rehearsal baseline: stage i fine-tunes the new connector and the LLM on D_i ∪ r% of
-D_1..D_(i-1). The r% samples are the replay buffer's (`ContinualConfig.replay_ratio`), drawn once per stage and kept
+D_1..D_(i-1). The r% samples are the replay buffer's (`replay_ratio`, a stage setting), drawn once per stage and kept
 with the stage checkpoints, so a later stage needs none of the earlier data sets.
 """
 
 from datasets import Dataset, concatenate_datasets
 
-from ..continual import StageContext, StagePlugin
-from . import register_method
+from ..plugins import StageContext, StagePlugin
+from .registry import register_method
 
 
 def replay_mixture(current: Dataset, earlier: list[Dataset]) -> Dataset:

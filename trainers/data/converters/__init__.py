@@ -10,7 +10,7 @@ Each converter reads one data set's own files, applies the paper's filtering, an
 so that a continual run's YAML lists `mscoco/train.jsonl`, ... relative to `--data_root <out>`.
 
 ```python
-from trainers.converters import convert, dry_run_report
+from trainers.data.converters import convert, dry_run_report
 
 manifest = convert("clotho_aqa", data_root="/downloads/clotho_aqa", out="/data/mera", seed=0)
 manifest["counts"]                      # {'train': ..., 'test': 1000}
@@ -27,11 +27,11 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
+from ..media import read_ply, read_point_cloud_file
 from .audio import convert_audiocaps, convert_clotho_aqa
 from .core import ConversionPlan, write_plan
 from .image import convert_mscoco, convert_okvqa
 from .llava import convert_llava
-from .media import read_ply, read_point_cloud_file
 from .point_cloud import convert_cap3d, convert_cap3d_qa
 from .report import dry_run_report, format_dry_run_report, stream_samples
 from .video import convert_msvd, convert_msvd_qa

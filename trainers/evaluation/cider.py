@@ -12,7 +12,7 @@ case, contractions split off ("dog's" -> "dog 's", "don't" -> "do n't"), punctua
 Example:
 
 ```python
->>> from trainers.cider import compute_cider
+>>> from trainers.evaluation.cider import compute_cider
 >>> score, per_caption = compute_cider(
 ...     predictions=["a dog runs on the grass", "a cat sleeps"],
 ...     references=[["a dog is running on the grass", "a brown dog runs"], ["a cat is sleeping on a sofa"]],

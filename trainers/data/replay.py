@@ -37,13 +37,14 @@ class ReplayBuffer:
         self.stages: dict[int, Dataset] = {}
         self.info: dict[int, dict] = {}
 
-    def add_stage(self, stage: int, dataset: Dataset, ratio_percent: float, seed: int) -> Dataset:
+    def add_stage(self, stage: int, dataset: Dataset, replay_ratio: float, seed: int) -> Dataset:
         """Draw stage `stage`'s replay sample from its full training data and keep it."""
         if stage in self.stages:
             raise ValueError(f"the replay buffer already holds stage {stage}")
-        sample = sample_replay(dataset, ratio_percent, seed)
+        sample = sample_replay(dataset, replay_ratio, seed)
         self.stages[stage] = sample
-        self.info[stage] = {"ratio_percent": ratio_percent, "seed": seed, "count": len(sample), "of": len(dataset)}
+        # "ratio_percent" is the replay ratio; the key is the one replay.json has always had.
+        self.info[stage] = {"ratio_percent": replay_ratio, "seed": seed, "count": len(sample), "of": len(dataset)}
         return sample
 
     def union(self, stages: list[int] | None = None) -> Dataset:

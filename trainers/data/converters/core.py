@@ -6,7 +6,7 @@ A converter reads a data set's own annotation files and yields `Group`s. A group
 between train and test (an image, a video, an object, a question): it holds the training samples it contributes and
 the one test sample it becomes when it is drawn for the test set (all reference captions or answers in
 `references`). The writer streams the groups, so annotations are read twice at most and media are never loaded,
-only checked for existence (and converted where a reader is missing, see `trainers.converters.media`).
+only checked for existence (and converted where a reader is missing, see `trainers.data.media`).
 """
 
 import csv
@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..data import MediaError
+from ..media import MediaError
 
 DEFAULT_QA_INSTRUCTION = "Answer the question using a single word or phrase."
 

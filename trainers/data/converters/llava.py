@@ -4,7 +4,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from ..data import LLAVA_MODALITY_KEYS
+from ..samples import LLAVA_MODALITY_KEYS
 from .core import ConversionPlan, Group, optional_source_file, read_json, sample, source_dir, source_file
 
 LLAVA_FORMAT = (

@@ -1,5 +1,10 @@
 """
-Media conversions for files `trainers.data.read_media` cannot read as they are published, done once at conversion:
+Every media reader and converter, in one module.
+
+`read_media` turns a sample's `media` (a path or an array) into what `MeraProcessor` takes, batch by batch while
+training: images (PIL), WAV audio (standard library), video (PyAV), point clouds (text, `.npy`, PLY, Cap3D `.pt`).
+
+Media conversions for files that are slow to read as they are published, done once at conversion:
 
 - point clouds: PLY (ASCII or binary, numpy only) and Cap3D's torch `.pt` tensors -> `(points, 3 or 6)` float32 `.npy`
   (xyz, then rgb in [0, 1] when the file has colours);
@@ -14,10 +19,70 @@ clouds of the same objects), and skips files already there.
 import os
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..data import MediaError, read_wav
+
+class MediaError(ValueError):
+    """A media file is missing or cannot be read; the message names the file and the sample."""
+
+
+def read_wav(path: str) -> tuple[np.ndarray, int]:
+    """A PCM WAV file as a float32 mono waveform in [-1, 1] and its sampling rate (standard library only)."""
+    with wave.open(path, "rb") as audio:
+        rate, channels, width = audio.getframerate(), audio.getnchannels(), audio.getsampwidth()
+        frames = audio.readframes(audio.getnframes())
+    dtype = {1: np.uint8, 2: np.int16, 4: np.int32}.get(width)
+    if dtype is None:
+        raise MediaError(f"{path}: unsupported WAV sample width of {width} bytes")
+    waveform = np.frombuffer(frames, dtype=dtype).astype(np.float32)
+    waveform = (waveform - 128) / 128 if dtype is np.uint8 else waveform / np.iinfo(dtype).max
+    return waveform.reshape(-1, channels).mean(axis=1), rate
+
+
+def read_video(path: str) -> np.ndarray:
+    """Decode a video file into an array `(frames, H, W, 3)` with PyAV (`pip install av`)."""
+    try:
+        import av
+    except ImportError as error:
+        raise MediaError(
+            f"{path}: decoding video files needs PyAV (`pip install av`), or store frames as .npy"
+        ) from error
+    with av.open(path) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def read_media(media: Any, modality_kind: str) -> Any:
+    """Turn a sample's `media` (path or array) into what `MeraProcessor` takes for this modality kind."""
+    if not isinstance(media, str):
+        return np.asarray(media)
+    suffix = Path(media).suffix.lower()
+    try:
+        if suffix == ".npy":
+            return np.load(media)
+        if suffix == ".npz":
+            with np.load(media) as archive:
+                return archive[archive.files[0]]
+        if modality_kind == "image":
+            from PIL import Image
+
+            with Image.open(media) as image:
+                return image.convert("RGB")
+        if modality_kind == "audio" and suffix == ".wav":
+            return read_wav(media)
+        if modality_kind == "video":
+            return read_video(media)
+        if modality_kind == "point_cloud" and suffix in (".txt", ".xyz", ".pts"):
+            return np.loadtxt(media, dtype=np.float32, delimiter="," if suffix == ".txt" else None)
+        if modality_kind == "point_cloud" and suffix in (".ply", ".pt"):
+            return read_point_cloud_file(media)
+    except MediaError:
+        raise
+    except Exception as error:
+        raise MediaError(f"{media}: cannot read as {modality_kind} ({type(error).__name__}: {error})") from error
+    raise MediaError(f"{media}: no reader for {suffix!r} files of modality kind {modality_kind!r}")
+
 
 PLY_TYPES = {
     "char": "i1",

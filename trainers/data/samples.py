@@ -1,5 +1,6 @@
 """
-The multimodal sample format, its loaders, media readers, and the collator that feeds `MeraForCausalLM`.
+The multimodal sample format and its loaders (media readers: `trainers.data.media`; the collator that feeds
+`MeraForCausalLM`: `trainers.data.collator`).
 
 A sample is one prompt/answer pair about one media item:
 
@@ -21,20 +22,15 @@ has ("image", "video", "audio", "point_cloud").
 
 import json
 import os
-import wave
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from datasets import Dataset
+
+from .media import MediaError
 
 TASKS = ("caption", "qa")
 LLAVA_MODALITY_KEYS = ("image", "video", "audio", "point_cloud")
-
-
-class MediaError(ValueError):
-    """A media file is missing or cannot be read; the message names the file and the sample."""
 
 
 def _normalize_row(row: dict, where: str, media_root: Path | None, defaults: dict) -> dict:
@@ -139,99 +135,3 @@ def check_media_files(samples: Iterable[dict], name: str = "dataset"):
         shown = "\n  ".join(problems[:10])
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise MediaError(f"{name}: {len(problems)} media file(s) missing or unreadable:\n  {shown}{more}")
-
-
-# --- media readers -------------------------------------------------------------------------------------------------
-def read_wav(path: str) -> tuple[np.ndarray, int]:
-    """A PCM WAV file as a float32 mono waveform in [-1, 1] and its sampling rate (standard library only)."""
-    with wave.open(path, "rb") as audio:
-        rate, channels, width = audio.getframerate(), audio.getnchannels(), audio.getsampwidth()
-        frames = audio.readframes(audio.getnframes())
-    dtype = {1: np.uint8, 2: np.int16, 4: np.int32}.get(width)
-    if dtype is None:
-        raise MediaError(f"{path}: unsupported WAV sample width of {width} bytes")
-    waveform = np.frombuffer(frames, dtype=dtype).astype(np.float32)
-    waveform = (waveform - 128) / 128 if dtype is np.uint8 else waveform / np.iinfo(dtype).max
-    return waveform.reshape(-1, channels).mean(axis=1), rate
-
-
-def read_video(path: str) -> np.ndarray:
-    """Decode a video file into an array `(frames, H, W, 3)` with PyAV (`pip install av`)."""
-    try:
-        import av
-    except ImportError as error:
-        raise MediaError(
-            f"{path}: decoding video files needs PyAV (`pip install av`), or store frames as .npy"
-        ) from error
-    with av.open(path) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
-
-
-def read_media(media: Any, modality_kind: str) -> Any:
-    """Turn a sample's `media` (path or array) into what `MeraProcessor` takes for this modality kind."""
-    if not isinstance(media, str):
-        return np.asarray(media)
-    suffix = Path(media).suffix.lower()
-    try:
-        if suffix == ".npy":
-            return np.load(media)
-        if suffix == ".npz":
-            with np.load(media) as archive:
-                return archive[archive.files[0]]
-        if modality_kind == "image":
-            from PIL import Image
-
-            with Image.open(media) as image:
-                return image.convert("RGB")
-        if modality_kind == "audio" and suffix == ".wav":
-            return read_wav(media)
-        if modality_kind == "video":
-            return read_video(media)
-        if modality_kind == "point_cloud" and suffix in (".txt", ".xyz", ".pts"):
-            return np.loadtxt(media, dtype=np.float32, delimiter="," if suffix == ".txt" else None)
-        if modality_kind == "point_cloud" and suffix in (".ply", ".pt"):
-            from .converters.media import read_point_cloud_file
-
-            return read_point_cloud_file(media)
-    except MediaError:
-        raise
-    except Exception as error:
-        raise MediaError(f"{media}: cannot read as {modality_kind} ({type(error).__name__}: {error})") from error
-    raise MediaError(f"{media}: no reader for {suffix!r} files of modality kind {modality_kind!r}")
-
-
-def prompt_with_placeholder(config, sample: dict) -> str:
-    """The sample's prompt; without an explicit placeholder, the media goes first, as in LLaVA."""
-    placeholder = config.modalities[sample["modality"]]["placeholder"]
-    prompt = sample["prompt"]
-    return prompt if placeholder in prompt else f"{placeholder}\n{prompt}"
-
-
-class MeraDataCollator:
-    """
-    Read a batch's media, tokenise prompts and answers with `MeraProcessor` (prompt masked out of `labels`), pad,
-    and batch each modality's inputs. Batches may mix modalities.
-    """
-
-    def __init__(self, processor, max_length: int | None = None, padding_side: str = "right"):
-        self.processor = processor
-        self.max_length = max_length
-        self.padding_side = padding_side
-
-    def __call__(self, samples: list[dict]) -> dict:
-        prompts, media, answers = [], [], []
-        for sample in samples:
-            modality = sample["modality"]
-            if modality not in self.processor.config.modalities:
-                raise ValueError(
-                    f"sample {sample['id']}: modality {modality!r} is not in the model "
-                    f"(it has {list(self.processor.config.modalities)})"
-                )
-            kind = self.processor.config.modalities[modality]["kind"]
-            prompts.append(prompt_with_placeholder(self.processor.config, sample))
-            media.append({modality: read_media(sample["media"], kind)})
-            answers.append(sample["answer"])
-        batch = self.processor(
-            prompts, media=media, answers=answers, padding_side=self.padding_side, max_length=self.max_length
-        )
-        return dict(batch)

@@ -13,7 +13,7 @@ Every `Verdict` and every `score_qa` result names the judge that produced it.
 Example:
 
 ```python
->>> from trainers.judges import get_judge, score_qa
+>>> from trainers.evaluation.judges import get_judge, score_qa
 >>> judge = get_judge("match")
 >>> score_qa(judge, questions=["How many dogs?"], answers=["two"], predictions=["2 dogs"])["accuracy"]
 1.0

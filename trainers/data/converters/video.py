@@ -3,6 +3,7 @@
 from collections import Counter
 from pathlib import Path
 
+from ..media import extract_frames
 from .core import (
     DEFAULT_QA_INSTRUCTION,
     ConversionPlan,
@@ -16,7 +17,6 @@ from .core import (
     source_dir,
     source_file,
 )
-from .media import extract_frames
 
 MSVD_FORMAT = (
     "the MSVD corpus: the original CSV (video_corpus.csv: VideoID, Start, End, ..., Language, Description) or a text "

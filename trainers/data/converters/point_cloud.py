@@ -3,6 +3,7 @@
 from collections import Counter
 from pathlib import Path
 
+from ..media import convert_point_cloud
 from .core import (
     DEFAULT_QA_INSTRUCTION,
     ConversionPlan,
@@ -14,7 +15,6 @@ from .core import (
     source_dir,
     source_file,
 )
-from .media import convert_point_cloud
 
 CAP3D_FORMAT = "Cap3D CSV without a header, one object per row: uid, caption (Cap3D_automated_Objaverse.csv)"
 CAP3D_QA_FORMAT = (

@@ -9,12 +9,12 @@ A test set is a list of samples in the project's format (see `trainers.data`):
 Samples loaded with `trainers.data.load_samples` carry them all in `references`, which scoring prefers.
 
 Scores follow the paper: CIDEr-D x 100 for caption sets, judged accuracy (a fraction) for QA sets. The per-dataset
-`scores` of the result are exactly one entry of a score matrix's `stages` (see `trainers.continual_metrics`).
+`scores` of the result are exactly one entry of a score matrix's `stages` (see `trainers.evaluation.metrics`).
 
 Example:
 
 ```python
->>> from trainers.evaluation import evaluate_model
+>>> from trainers.evaluation.generation import evaluate_model
 >>> result = evaluate_model(model, processor, samples, judge="match", output_file="runs/stage-2/eval.json")
 >>> result["scores"]
 {'MSCOCO': 54.52, 'OK-VQA': 0.172, 'MSVD': 130.22, 'MSVD-QA': 0.555}
@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..data import TASKS, prompt_with_placeholder, read_media
 from .cider import score_captions
-from .data import TASKS, prompt_with_placeholder, read_media
 from .judges import Judge, get_judge, score_qa
 
 __all__ = ["generate_predictions", "score_predictions", "evaluate_model"]

@@ -3,6 +3,7 @@
 from collections import Counter
 from pathlib import Path
 
+from ..media import transcode_audio
 from .core import (
     DEFAULT_QA_INSTRUCTION,
     ConversionPlan,
@@ -15,7 +16,6 @@ from .core import (
     source_dir,
     source_file,
 )
-from .media import transcode_audio
 
 AUDIOCAPS_COLUMNS = ("audiocap_id", "youtube_id", "start_time", "caption")
 AUDIOCAPS_FORMAT = "AudioCaps CSV with columns audiocap_id, youtube_id, start_time, caption (train.csv, test.csv)"

@@ -5,7 +5,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ..data import _normalize_row
+from ..samples import _normalize_row
 
 
 def stream_samples(path: str | os.PathLike, media_root: str | os.PathLike | None = None) -> Iterator[dict]:

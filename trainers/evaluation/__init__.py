@@ -1,0 +1,7 @@
+"""
+Measuring a model: greedy generation and scoring of a test set (`generation.evaluate_model`), CIDEr-D (`cider`), QA
+judges (`judges`), and the continual-learning metrics of a score matrix, Relative Gain and the rest (`metrics`).
+
+The modules are imported one by one (`from trainers.evaluation.metrics import summarize`): `metrics` needs no torch,
+so that `mera metrics` stays light.
+"""

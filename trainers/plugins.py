@@ -1,0 +1,85 @@
+"""
+The plug-in API of the stage loop (`trainers.stage.run_stage`): a continual-learning method is a list of
+`StagePlugin`s, and each hook may change the stage's data, its PEFT config, its trainable parts, its loss
+(`extra_loss`), or the model after a phase. The loop's state during a stage is a `StageContext`.
+
+A plug-in with state (a Fisher matrix, a router's samples) returns it from `state_dict()`; it is saved with the
+stage (`plugins/NAME.json`, `plugins/NAME.safetensors`), where the next stage's plug-in finds it.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+
+from modeling_mera import MeraProcessor
+
+from .data import ReplayBuffer
+from .settings import StageSettings
+from .sft import DEFAULT_TRAINABLE
+
+__all__ = ["HOOKS", "StageContext", "StagePlugin", "StageSettings"]
+
+# The hooks the stage loop calls on every plug-in, in the order a stage reaches them.
+HOOKS = ("before_stage", "configure_finetune", "after_finetune", "after_stage")
+
+
+@dataclass
+class StageContext:
+    """The loop's state during one stage; plug-ins read and change it."""
+
+    stage: int
+    modality: str
+    model: Any
+    processor: MeraProcessor
+    train_dataset: Dataset
+    settings: StageSettings
+    work_dir: Path
+    replay: ReplayBuffer
+    finetune_dataset: Dataset | None = None
+    finetune_trainable: list[str] = field(default_factory=lambda: list(DEFAULT_TRAINABLE["finetune"]))
+    peft_config: Any = None
+    previous_llm_state: dict | None = None
+    log: dict = field(default_factory=dict)
+    adapter_format: Any = None
+    """Set by a plug-in whose adapters stay beside the LLM (a `trainers.checkpoint.AdapterFormat`): the loop then
+    neither folds nor unloads them, and the stage is saved and loaded through it."""
+
+
+class StagePlugin:
+    """
+    A named piece of a continual-learning method; every hook is a no-op unless overridden.
+
+    `supports_realign = False` marks a method that a realign step cannot follow (the registry refuses
+    `realign_ratio`).
+    """
+
+    name = "plugin"
+    supports_realign = True
+
+    def before_stage(self, ctx: StageContext):
+        """After the new modality is added, before any training."""
+
+    def configure_finetune(self, ctx: StageContext):
+        """Change the fine-tuning phase: `ctx.finetune_dataset`, `ctx.peft_config`, `ctx.finetune_trainable`."""
+
+    def after_finetune(self, ctx: StageContext):
+        """Right after fine-tuning (the model may still carry its LoRA adapter): e.g. merge."""
+
+    def after_stage(self, ctx: StageContext):
+        """After the adapter is folded into the LLM: e.g. realign."""
+
+    def extra_loss(self, model, inputs: dict) -> torch.Tensor | None:
+        """A term added to the fine-tuning loss at every step (`MeraSFTTrainer.compute_loss`), e.g. EWC's penalty."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the next stage's plug-in needs: tensors (saved as safetensors) and JSON-serialisable values."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]):
+        """Restore `state_dict()` of the previous stage's plug-in."""
+        if state:
+            raise ValueError(f"plug-in {self.name!r} keeps no state but was given {sorted(state)}")

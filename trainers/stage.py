@@ -1,0 +1,219 @@
+"""
+The one stage loop of modality-incremental continual learning: `run_stage` takes θ(i-1) to θi.
+
+    load θ(i-1) ─► add modality Mi ─► pre-train the new connector on Di's captions
+                ─► fine-tune that connector + the LLM (LoRA) on Di
+                ─► merge (plug-ins' `after_finetune`), fold any remaining adapter into the LLM
+                ─► realign and other post-stage steps (plug-ins' `after_stage`)
+                ─► save θi atomically (model, processor, replay samples, plug-in states, stage.json)
+
+A continual-learning method is a list of `trainers.plugins.StagePlugin`s (registered in `trainers.methods`);
+MERA (`trainers.methods.mera`) is the default. Evaluating every stage is the continual run's (`trainers.continual`).
+The loop never imports a method to load a stage: adapter formats are recorded by import path (`trainers.checkpoint`).
+"""
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from accelerate import PartialState
+from datasets import Dataset
+from peft import PeftModel
+from transformers import set_seed
+
+from modeling_mera import MeraForCausalLM, MeraProcessor
+
+from .checkpoint import (
+    PLUGIN_DIR,
+    STAGE_INFO,
+    adapter_format_of,
+    is_finished_stage,
+    load_plugin_states,
+    load_stage,
+    load_stage_model,
+    save_stage,
+)
+from .data import ReplayBuffer
+from .methods.mera import mera_plugins
+from .plugins import HOOKS, StageContext, StagePlugin
+from .settings import ModalitySpec, StageSettings
+from .sft import DEFAULT_TRAINABLE, MeraSFTTrainer, llm_lora_config
+
+
+def build_feature_processor(spec: ModalitySpec, kind: str):
+    """The modality's feature processor: the given object, or one loaded from a Hub id / folder."""
+    if spec.feature_processor is None or not isinstance(spec.feature_processor, (str, os.PathLike)):
+        return spec.feature_processor
+    from transformers import AutoFeatureExtractor, AutoImageProcessor
+
+    auto_class = AutoFeatureExtractor if kind == "audio" else AutoImageProcessor
+    return auto_class.from_pretrained(spec.feature_processor)
+
+
+def _call(plugins: list[StagePlugin], hook: str, ctx: StageContext):
+    """Run hook `hook` of every plug-in, in order."""
+    if hook not in HOOKS:
+        raise ValueError(f"unknown plug-in hook {hook!r}; the stage loop calls {list(HOOKS)}")
+    for plugin in plugins:
+        getattr(plugin, hook)(ctx)
+
+
+def _check_stage_inputs(model: MeraForCausalLM, spec: ModalitySpec, stage: int, train_dataset: Dataset):
+    expected = len(model.modalities) + 1
+    if stage != expected:
+        raise ValueError(
+            f"stage {stage} cannot follow a checkpoint with {len(model.modalities)} modalities "
+            f"({model.modalities}); the next stage is {expected}"
+        )
+    if spec.name in model.modalities:
+        raise ValueError(f"modality {spec.name!r} was already learnt (modalities so far: {model.modalities})")
+    others = sorted(set(train_dataset["modality"]) - {spec.name})
+    if others:
+        raise ValueError(f"stage {stage} learns {spec.name!r} but its training data also holds modalities {others}")
+    if "caption" not in set(train_dataset["task"]):
+        raise ValueError(f"stage {stage}: the training data has no caption samples for connector pre-training")
+
+
+def _train_phase(
+    ctx: StageContext, phase: str, dataset: Dataset, trainable: list[str], peft_config=None, plugins=()
+) -> float:
+    args = ctx.settings.phase_config(phase, ctx.work_dir)
+    args.trainable = trainable
+    trainer = MeraSFTTrainer(ctx.model, args, dataset, ctx.processor, peft_config=peft_config, plugins=plugins)
+    result = trainer.train()
+    ctx.model = trainer.model
+    return result.training_loss
+
+
+# --- the phases of a stage, in order ---------------------------------------------------------------------------------
+def _load_previous(previous, processor: MeraProcessor | None, plugins: list[StagePlugin]):
+    """θ(i-1): a saved stage (with its plug-ins' states) or a given model (stage 1: no modality yet)."""
+    if isinstance(previous, (str, os.PathLike)):
+        model, processor, replay = load_stage(previous)
+        load_plugin_states(plugins, Path(previous) / PLUGIN_DIR)
+        return model, processor, replay
+    if processor is None:
+        raise ValueError("pass the processor of the given model")
+    return previous, processor, ReplayBuffer()
+
+
+def _add_modality(model, processor: MeraProcessor, spec: ModalitySpec, settings: StageSettings):
+    """The new modality's encoder (frozen) and connector, and its feature processor."""
+    # Seed the new connector's initialisation, so that a stage and an expert trained alike are the same model.
+    set_seed(settings.seed)
+    kind = spec.kind or spec.name
+    model.add_modality(
+        spec.name,
+        kind=kind,
+        encoder_config=spec.encoder_config,
+        connector=spec.connector,
+        encoder_weights=spec.encoder_weights,
+        **spec.options,
+    )
+    processor.config = model.config
+    processor.add_modality(spec.name, build_feature_processor(spec, kind))
+
+
+def _pretrain(ctx: StageContext):
+    """The new connector alone, on the stage's captions."""
+    captions = ctx.train_dataset.filter(lambda task: task == "caption", input_columns="task")
+    loss = _train_phase(ctx, "pretrain", captions, list(DEFAULT_TRAINABLE["pretrain"]))
+    ctx.log["pretrain"] = {"train_loss": loss}
+
+
+def _finetune(ctx: StageContext, plugins: list[StagePlugin]):
+    """The new connector and the LLM (LoRA, or every weight), on what the plug-ins make of the stage's data."""
+    ctx.finetune_dataset = ctx.train_dataset
+    if ctx.settings.use_lora:
+        ctx.peft_config = llm_lora_config(ctx.model, **ctx.settings.lora)
+    else:
+        ctx.finetune_trainable = ["connector:new", "llm"]
+    _call(plugins, "configure_finetune", ctx)
+    loss = _train_phase(ctx, "finetune", ctx.finetune_dataset, ctx.finetune_trainable, ctx.peft_config, plugins)
+    ctx.log["finetune"] = {"train_loss": loss, "samples": len(ctx.finetune_dataset)}
+
+
+def _merge(ctx: StageContext, plugins: list[StagePlugin], finetuned_dir: Path):
+    """The plug-ins' merge, then any remaining LoRA folded into the LLM; saved so that a killed stage resumes here."""
+    _call(plugins, "after_finetune", ctx)
+    if isinstance(ctx.model, PeftModel) and ctx.adapter_format is None:
+        ctx.model = ctx.model.merge_and_unload()  # methods without a merge keep the full fine-tuned LLM
+    save_stage(ctx.model, ctx.processor, ctx.replay, {"log": ctx.log}, finetuned_dir, ctx.adapter_format)
+
+
+def _resume_merged(ctx: StageContext, finetuned_dir: Path):
+    """A killed stage's pre-training, fine-tuning and merge, read back."""
+    ctx.model = load_stage_model(finetuned_dir, ctx.processor)
+    finetuned_info = json.loads((finetuned_dir / STAGE_INFO).read_text())
+    ctx.log, ctx.adapter_format = finetuned_info["log"], adapter_format_of(finetuned_info, finetuned_dir / STAGE_INFO)
+
+
+def _save(ctx: StageContext, plugins: list[StagePlugin], output_dir: Path, started: float):
+    info = {
+        "stage": ctx.stage,
+        "modality": ctx.modality,
+        "modalities": ctx.model.modalities,
+        "plugins": [plugin.name for plugin in plugins],
+        "settings": asdict(ctx.settings),
+        "log": ctx.log,
+        "train_samples": len(ctx.train_dataset),
+        "seconds": round(time.time() - started, 1),
+    }
+    save_stage(ctx.model, ctx.processor, ctx.replay, info, output_dir, ctx.adapter_format, plugins)
+    if PartialState().is_main_process:
+        shutil.rmtree(ctx.work_dir, ignore_errors=True)
+
+
+def run_stage(
+    previous: MeraForCausalLM | str | os.PathLike,
+    processor: MeraProcessor | None,
+    spec: ModalitySpec,
+    train_dataset: Dataset,
+    output_dir: str | os.PathLike,
+    stage: int | None = None,
+    plugins: list[StagePlugin] | None = None,
+    settings: StageSettings | None = None,
+) -> Path:
+    """
+    Run one stage from θ(i-1) to θi and save it atomically to `output_dir`.
+
+    Args:
+        previous: the stage i-1 checkpoint folder, or a model (for stage 1: a `MeraForCausalLM` with no modality).
+        processor: the processor of `previous` when it is a model; loaded from the folder otherwise.
+        spec: the modality this stage adds.
+        train_dataset: D_i in the sample format (captions and QA of modality `spec.name`).
+        stage: the stage index, checked against the checkpoint (default: one more than its modalities).
+        plugins: the method's plug-ins; MERA's merge and realign by default.
+        settings: per-phase training settings; the paper's by default.
+
+    A killed stage resumes from its last finished phase (kept in `output_dir`'s `.partial` sibling).
+    """
+    settings = settings or StageSettings()
+    plugins = mera_plugins() if plugins is None else plugins
+    output_dir = Path(output_dir)
+    if is_finished_stage(output_dir):
+        raise FileExistsError(f"{output_dir} already holds a finished stage; it is never re-trained")
+    model, processor, replay = _load_previous(previous, processor, plugins)
+    stage = len(model.modalities) + 1 if stage is None else stage
+    _check_stage_inputs(model, spec, stage, train_dataset)
+    started = time.time()
+
+    _add_modality(model, processor, spec, settings)
+    replay.add_stage(stage, train_dataset, settings.replay_ratio, seed=settings.seed + stage)
+    work_dir = output_dir.with_name(f"{output_dir.name}.partial")
+    ctx = StageContext(stage, spec.name, model, processor, train_dataset, settings, work_dir, replay)
+    _call(plugins, "before_stage", ctx)
+
+    finetuned_dir = work_dir / "finetuned"
+    if is_finished_stage(finetuned_dir):
+        _resume_merged(ctx, finetuned_dir)
+    else:
+        _pretrain(ctx)
+        _finetune(ctx, plugins)
+        _merge(ctx, plugins, finetuned_dir)
+    _call(plugins, "after_stage", ctx)  # MERA's realign; EWC's Fisher; MR-LoRA's router
+    _save(ctx, plugins, output_dir, started)
+    return output_dir
