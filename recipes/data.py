@@ -144,3 +144,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"  {split:<5} {step}: {count}")
     print(f"wrote {args.out}/{manifest['name']}/ (train.jsonl, test.jsonl, manifest.json)")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(make_parser(prog="recipes/data.py")))

@@ -16,6 +16,7 @@ finished stage.
 import argparse
 import json
 import shutil
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -133,3 +134,7 @@ def main(args: argparse.Namespace) -> int:
         f" in {results['wall_seconds']} s"
     )
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(make_parser(prog="recipes/demo.py")))

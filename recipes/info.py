@@ -70,3 +70,7 @@ def main(args: argparse.Namespace) -> int:
             f"{modality['connector']:<11}{modality['tokens_per_item']:>7}  {modality['placeholder']}"
         )
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(make_parser(prog="recipes/info.py")))

@@ -100,3 +100,7 @@ def main(args: argparse.Namespace) -> int:
         path = plot_progressive_relative_gain(summaries, args.plot_path)
         print(f"wrote {path}", file=sys.stderr if args.json_path == "-" else sys.stdout)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(make_parser(prog="recipes/metrics.py")))

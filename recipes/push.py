@@ -119,3 +119,7 @@ def main(args: argparse.Namespace) -> int:
         commit = result.get("commit", "")[:12]
         print(f"{result['branch']:<10} stage {result['stage']}  {result['status']:<9} {commit:<12} {where}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(make_parser(prog="recipes/push.py")))

@@ -1,13 +1,17 @@
-"""The `mera` console command: help, and `mera info` on a saved checkpoint."""
+"""The `mera` console command: help of every sub-command and recipe file, and `mera info` on a saved checkpoint."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import build_tiny_model
 
 from recipes.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def mera_command() -> list[str]:
@@ -36,3 +40,20 @@ def test_mera_info_reads_a_checkpoint(tmp_path, capsys):
 def test_mera_info_on_a_folder_without_config(tmp_path, capsys):
     assert main(["info", str(tmp_path)]) == 2
     assert "has no config.json" in capsys.readouterr().err
+
+
+def test_help_of_every_command_and_recipe_file_exits_0():
+    """`mera --help`, `mera COMMAND --help` for every sub-command, `python recipes/FILE.py --help` for every file."""
+    from recipes.cli import COMMANDS
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    commands = [[*mera_command(), "--help"]] + [[*mera_command(), name, "--help"] for name in COMMANDS]
+    files = sorted(path for path in (ROOT / "recipes").glob("*.py") if path.name != "__init__.py")
+    commands += [[sys.executable, str(path), "--help"] for path in files]
+    assert {path.stem for path in files} == {*COMMANDS, "cli"}  # every recipe is a sub-command
+    running = [(command, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                          env=env, cwd=ROOT)) for command in commands]  # fmt: skip
+    for command, process in running:
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, f"{' '.join(command)}: {stderr[-2000:]}"
+        assert stdout.startswith("usage: "), f"{' '.join(command)}: {stdout[:200]}"

@@ -7,12 +7,10 @@ This module imports no torch, so that `--help` of the entry points stays fast.
 """
 
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 # The paper's LoRA shape (r = alpha = 128); a config's `lora` overrides single keys of it.
 PAPER_LORA = {"r": 128, "lora_alpha": 128, "lora_dropout": 0.05}
-PHASES = ("pretrain", "finetune", "realign")
 
 
 @dataclass
@@ -49,15 +47,6 @@ class StageSettings:
 
     def __post_init__(self):
         self.lora = {**PAPER_LORA, **(self.lora or {})}
-
-    def phase_config(self, phase: str, output_dir: Path):
-        """The phase's `MeraSFTConfig`: the paper's settings, this run's seed, then the phase's overrides."""
-        from .sft import paper_phase_config  # TRL's config class; imported on use so that this module stays light
-
-        if phase not in PHASES:
-            raise ValueError(f"unknown phase {phase!r}; expected one of {list(PHASES)}")
-        overrides = {"seed": self.seed, "data_seed": self.seed, **(getattr(self, f"{phase}_args") or {})}
-        return paper_phase_config(phase, str(output_dir / phase), **overrides)
 
 
 MODALITY_KEYS = {"name", "kind", "encoder_config", "encoder_weights", "connector", "feature_processor", "options"}

@@ -5,13 +5,14 @@ given by name) and `RealignTrainer` (connector-only realigning on a replay set).
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel
 from trl import SFTConfig, SFTTrainer
 
 from .data import MeraDataCollator
-from .settings import PAPER_LORA
+from .settings import PAPER_LORA, StageSettings
 
 # What trains in each phase unless a plug-in or a config says otherwise: the one place these defaults live.
 DEFAULT_TRAINABLE = {
@@ -75,6 +76,12 @@ def paper_phase_config(phase: str, output_dir: str, **overrides) -> MeraSFTConfi
         raise ValueError(f"unknown phase {phase!r}; expected one of {list(PAPER_PHASES)}")
     defaults = {**PAPER_PHASES[phase], "trainable": list(DEFAULT_TRAINABLE[phase])}
     return MeraSFTConfig(output_dir=output_dir, **{**defaults, **overrides})
+
+
+def phase_config(settings: StageSettings, phase: str, output_dir: Path) -> MeraSFTConfig:
+    """A stage phase's `MeraSFTConfig`: the paper's settings, the run's seed, then the phase's overrides."""
+    overrides = {"seed": settings.seed, "data_seed": settings.seed, **(getattr(settings, f"{phase}_args", None) or {})}
+    return paper_phase_config(phase, str(Path(output_dir) / phase), **overrides)
 
 
 def llm_lora_config(model, **lora) -> LoraConfig:

@@ -40,7 +40,7 @@ from .data import ReplayBuffer
 from .methods.mera import mera_plugins
 from .plugins import HOOKS, StageContext, StagePlugin
 from .settings import ModalitySpec, StageSettings
-from .sft import DEFAULT_TRAINABLE, MeraSFTTrainer, llm_lora_config
+from .sft import DEFAULT_TRAINABLE, MeraSFTTrainer, llm_lora_config, phase_config
 
 
 def build_feature_processor(spec: ModalitySpec, kind: str):
@@ -80,7 +80,7 @@ def _check_stage_inputs(model: MeraForCausalLM, spec: ModalitySpec, stage: int, 
 def _train_phase(
     ctx: StageContext, phase: str, dataset: Dataset, trainable: list[str], peft_config=None, plugins=()
 ) -> float:
-    args = ctx.settings.phase_config(phase, ctx.work_dir)
+    args = phase_config(ctx.settings, phase, ctx.work_dir)
     args.trainable = trainable
     trainer = MeraSFTTrainer(ctx.model, args, dataset, ctx.processor, peft_config=peft_config, plugins=plugins)
     result = trainer.train()
