@@ -80,6 +80,7 @@ def test_stages_freeze_earlier_adapters_and_infer_with_all_of_them(tmp_path):
         states[stage] = {k: v.clone() for k, v in model.state_dict().items()}
         info = json.loads((previous / "stage.json").read_text())
         assert info["adapter_format"] == "pathweave" and info["log"]["pathweave"]["layers"] == 14
+        assert info["adapter_format_class"] == "trainers.methods.pathweave.PathWeaveFormat"
 
     def adapter_keys(state, pattern):
         keys = [key for key in state if pattern in key]

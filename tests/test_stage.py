@@ -16,8 +16,9 @@ from conftest import (
     toy_samples,
 )
 
+import trainers.stage as stage_loop
 from modeling_mera import MeraForCausalLM
-from trainers.checkpoint import load_stage
+from trainers.checkpoint import adapter_format_of, load_stage
 from trainers.data import load_samples
 from trainers.settings import ModalitySpec, StageSettings
 from trainers.stage import run_stage
@@ -115,3 +116,21 @@ def test_stage_errors_stop_before_training(tmp_path):
         run_stage(base, processor, SPECS["image"], image_data, output, settings=tiny_settings())
     with pytest.raises(ValueError, match="'image' was already learnt"):
         run_stage(output, None, SPECS["image"], image_data, tmp_path / "s2", settings=tiny_settings())
+
+
+def test_the_loop_refuses_an_unknown_hook():
+    with pytest.raises(ValueError, match="unknown plug-in hook 'after_merge'"):
+        stage_loop._call([], "after_merge", None)
+
+
+def test_a_stage_records_its_adapter_format_by_import_path():
+    info = {"adapter_format": "pathweave", "adapter_format_class": "trainers.methods.pathweave.PathWeaveFormat"}
+    assert type(adapter_format_of(info)).__name__ == "PathWeaveFormat"
+    assert type(adapter_format_of({"adapter_format": "mr_lora"})).__name__ == "MRLoraFormat"  # an older stage.json
+    assert adapter_format_of({"log": {}}) is None
+    with pytest.raises(ValueError, match="'trainers.settings.StageSettings' is not an AdapterFormat"):
+        adapter_format_of({"adapter_format_class": "trainers.settings.StageSettings"})
+    with pytest.raises(ValueError, match="'trainers.methods.nothing.Format' cannot be imported"):
+        adapter_format_of({"adapter_format_class": "trainers.methods.nothing.Format"})
+    with pytest.raises(ValueError, match="unknown adapter_format 'lora_bank'"):
+        adapter_format_of({"adapter_format": "lora_bank"})
