@@ -94,7 +94,7 @@ def test_fisher_accumulates_over_stages_and_travels_with_the_checkpoints(tmp_pat
     base = build_tiny_model(())
     processor = tiny_processor(base)
     settings = tiny_settings()
-    settings.finetune["logging_steps"] = 1
+    settings.finetune_args["logging_steps"] = 1
     data = {m: load_samples(toy_samples(tmp_path / "data", m, 4, seed=i)) for i, m in enumerate(("image", "audio"))}
     stage1 = run_stage(base, processor, SPECS["image"], data["image"], tmp_path / "s1", 1,
                        get_method_plugins("ewc"), settings)  # fmt: skip
