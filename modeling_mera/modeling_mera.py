@@ -164,13 +164,10 @@ class MeraModel(MeraPreTrainedModel):
                 item for start, end in zip([0, *ends[:-1]], ends) for item in list(range(start, end)) * expand_size
             ]
             index = torch.tensor(index, dtype=torch.long)
-
-            def select(tensor: torch.Tensor) -> torch.Tensor:
-                return tensor.index_select(0, index.to(tensor.device))
-
-            expanded[name] = (
-                {key: select(value) for key, value in inputs.items()} if isinstance(inputs, dict) else select(inputs)
-            )
+            if isinstance(inputs, dict):
+                expanded[name] = {key: value.index_select(0, index.to(value.device)) for key, value in inputs.items()}
+            else:
+                expanded[name] = inputs.index_select(0, index.to(inputs.device))
         return expanded
 
     @can_return_tuple
@@ -344,7 +341,7 @@ class MeraForCausalLM(MeraPreTrainedModel, GenerationMixin):
         modality_inputs = model_kwargs.pop("modality_inputs", None)
         if modality_inputs and expand_size > 1:
             if input_ids is None or input_ids.shape[-1] == 0:
-                raise ValueError("modality inputs need input_ids to find their placeholders; got inputs_embeds instead")
+                raise ValueError("modality inputs need input_ids to find their placeholders, not inputs_embeds")
             modality_inputs = self.model.expand_modality_inputs(input_ids, modality_inputs, expand_size)
         input_ids, model_kwargs = super()._expand_inputs_for_generation(
             expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
@@ -391,7 +388,7 @@ class MeraForCausalLM(MeraPreTrainedModel, GenerationMixin):
     def resize_token_embeddings(
         self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
     ) -> nn.Embedding:
-        """`PreTrainedModel.resize_token_embeddings`; placeholder ids that the grown vocabulary covers move above it."""
+        """`PreTrainedModel.resize_token_embeddings`; placeholder ids that a grown vocabulary covers move above it."""
         embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         self.config.move_placeholders_above_vocabulary()
         return embeddings

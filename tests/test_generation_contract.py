@@ -1,8 +1,8 @@
 """
-MeraForCausalLM keeps transformers' modeling and generation contracts, point by point as `LlavaForConditionalGeneration`
-keeps them: beams and returned sequences, assisted decoding, the generation signature (cache, inputs_embeds),
-`return_dict=False`, `shift_labels`, `attn_implementation`, the tensor-parallel plan, weight initialisation and
-vocabulary resizing.
+MeraForCausalLM keeps transformers' modeling and generation contracts, point by point as
+`LlavaForConditionalGeneration` keeps them: beams and returned sequences, assisted decoding, the generation signature
+(cache, inputs_embeds), `return_dict=False`, `shift_labels`, `attn_implementation`, the tensor-parallel plan, weight
+initialisation and vocabulary resizing.
 """
 
 import re
@@ -94,15 +94,17 @@ def test_generation_continues_from_a_returned_cache_and_accepts_inputs_embeds():
     )  # fmt: skip
     torch.testing.assert_close(continued, full, rtol=0, atol=0)
     from_embeds = model.generate(
-        inputs_embeds=embeds_of(model, batch), attention_mask=batch["attention_mask"], max_new_tokens=6, do_sample=False
-    )
+        inputs_embeds=embeds_of(model, batch), attention_mask=batch["attention_mask"], max_new_tokens=6,
+        do_sample=False,
+    )  # fmt: skip
     torch.testing.assert_close(from_embeds, full[:, batch["input_ids"].shape[1] :], rtol=0, atol=0)
 
 
 def test_return_dict_false_gives_the_tuple_of_the_output_fields():
     model = build_tiny_model(("image", "audio"))
     processor = tiny_processor(model)
-    batch = processor("<image> describe the image .", media={"image": RNG.integers(0, 255, (32, 32, 3))}, answers="red")
+    image = RNG.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    batch = processor("<image> describe the image .", media={"image": image}, answers="red")
     as_dict = model(**batch)
     as_tuple = model(**batch, return_dict=False)
     assert isinstance(as_tuple, tuple)
