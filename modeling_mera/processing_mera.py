@@ -340,7 +340,6 @@ class MeraProcessor(ProcessorMixin):
             )
         return features[main_input]
 
-
     # --- batch --------------------------------------------------------------------------------------------------
     def __call__(
         self,
@@ -476,7 +475,6 @@ class MeraProcessor(ProcessorMixin):
         if labels is not None:
             padded["labels"] = label_tensor
         return padded
-
 
     # --- save / load --------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
