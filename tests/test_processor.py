@@ -279,3 +279,30 @@ def test_readme_snippet_loads_a_stage_by_repo_id_and_revision_and_answers(tmp_pa
     output = model.generate(**inputs, max_new_tokens=30)
     expected = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
     assert printed == expected != "", result.stdout
+
+
+def test_an_instruction_tuned_llms_chat_template_wraps_text_prompts_and_chat_messages_alike():
+    model = build_tiny_model(("image",))
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for message in messages %}{{ message['role'] }} : {{ message['content'] }} . {% endfor %}"
+        "{% if add_generation_prompt %}assistant :{% endif %}"
+    )
+    processor = MeraProcessor(tokenizer, model.config, {"image": tiny_processor(model).modality_processors["image"]},
+                              use_chat_template=True)  # fmt: skip
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "<image>\nwhat color ?"}], tokenize=False, add_generation_prompt=True
+    )
+    assert rendered == "<s>user : <image>\nwhat color ? . assistant :"
+    before, after = rendered.split("<image>")
+    expected = (
+        tokenizer(before, add_special_tokens=False)["input_ids"] + [model.config.placeholder_token_ids["image"]] * 16
+    )
+    expected += tokenizer(after, add_special_tokens=False)["input_ids"]
+    from_text = processor("<image>\nwhat color ?", media={"image": PICTURE})
+    assert from_text["input_ids"][0].tolist() == expected  # the template writes the BOS: none is added
+    from_chat = processor.apply_chat_template(
+        chat({"type": "image", "image": PICTURE}, text="what color ?"), add_generation_prompt=True, tokenize=True,
+        return_dict=True,
+    )  # fmt: skip
+    assert_same_batch(from_chat, from_text)
