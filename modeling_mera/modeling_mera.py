@@ -33,16 +33,16 @@ class MeraPreTrainedModel(PreTrainedModel):
         if isinstance(module, MeraQFormerConnector):
             init.normal_(module.query_tokens, std=module.qformer.config.initializer_range)
         elif isinstance(module, MeraModel):
-            # For custom-code models transformers skips a module that holds no parameter of its own, also inside the
-            # encoders, so an encoder's own module-level init (Whisper writes its sinusoidal positions there) is run
-            # here. The `init` functions leave weights loaded from the checkpoint untouched.
+            # In a custom-code model transformers skips every module that holds no parameter of its own, the
+            # encoders' included, so an encoder's module-level init (Whisper writes its sinusoidal positions there)
+            # is run here. The `init` functions leave weights loaded from the checkpoint untouched.
             for encoder in module.encoders.values():
                 if isinstance(encoder, PreTrainedModel) and not list(encoder.parameters(recurse=False)):
                     encoder._init_weights(encoder)
 
     def _initialize_weights(self, module, is_custom_code: bool = False):
-        # That skip exists for remote code that writes weights in place; `_init_weights` here only uses transformers'
-        # `init` functions, which respect the loaded-weight flags, so the modules of this model are not skipped.
+        # transformers skips parameter-less modules of custom-code models in case their `_init_weights` writes in
+        # place over loaded weights; this `_init_weights` only uses the flag-respecting `init` functions.
         super()._initialize_weights(module, is_custom_code=False)
 
 
