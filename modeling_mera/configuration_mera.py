@@ -254,6 +254,18 @@ class MeraConfig(PreTrainedConfig):
             raise ValueError(f"unknown modality {name!r}; this model knows {list(self.modalities)}")
         return MeraModalityConfig(**self.modalities[name])
 
+    def move_placeholders_above_vocabulary(self):
+        """
+        After the LLM's vocabulary grew (`resize_token_embeddings`), give every placeholder id that now lies inside it
+        a new id above it, keeping the modalities' order, so that placeholders never alias real tokens.
+        """
+        vocab_size = self.text_config.vocab_size
+        if all(modality["placeholder_token_id"] >= vocab_size for modality in self.modalities.values()):
+            return
+        by_id = sorted(self.modalities.values(), key=lambda modality: modality["placeholder_token_id"])
+        for offset, modality in enumerate(by_id):
+            modality["placeholder_token_id"] = vocab_size + offset
+
     @property
     def placeholder_token_ids(self) -> dict[str, int]:
         return {name: modality["placeholder_token_id"] for name, modality in self.modalities.items()}

@@ -159,13 +159,16 @@ class PointBertModel(PreTrainedModel):
         )
 
 
-def build_encoder(modality: MeraModalityConfig) -> nn.Module:
-    """A freshly initialised encoder for `modality` (weights are loaded afterwards, or by `from_pretrained`)."""
+def build_encoder(modality: MeraModalityConfig, attn_implementation: str | None = None) -> nn.Module:
+    """
+    A freshly initialised encoder for `modality` (weights are loaded afterwards, or by `from_pretrained`), using the
+    model's `attn_implementation` (the encoder configs are not sub-configs, so the setting is handed over here).
+    """
     config = modality.encoder
     # Compare model types, not classes: remote code may load the config module twice under different names.
     if config.model_type == PointBertConfig.model_type:
         return PointBertModel(config)
-    encoder = AutoModel.from_config(config)
+    encoder = AutoModel.from_config(config, attn_implementation=attn_implementation)
     if getattr(encoder.config, "is_encoder_decoder", False):  # e.g. Whisper: only its encoder encodes audio
         encoder = encoder.get_encoder()
     return encoder

@@ -7,11 +7,13 @@ from dataclasses import fields
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, Cache, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_mera import MeraConfig, MeraModalityConfig
-from .connectors import build_connector
+from .connectors import MeraQFormerConnector, build_connector
 from .encoders import build_encoder, dummy_item, encode_modality, load_pretrained_encoder
 
 ModalityInputs = dict[str, torch.Tensor | dict[str, torch.Tensor]]
@@ -25,6 +27,23 @@ class MeraPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, MeraQFormerConnector):
+            init.normal_(module.query_tokens, std=module.qformer.config.initializer_range)
+        elif isinstance(module, MeraModel):
+            # In a custom-code model transformers skips every module that holds no parameter of its own, the
+            # encoders' included, so an encoder's module-level init (Whisper writes its sinusoidal positions there)
+            # is run here. The `init` functions leave weights loaded from the checkpoint untouched.
+            for encoder in module.encoders.values():
+                if isinstance(encoder, PreTrainedModel) and not list(encoder.parameters(recurse=False)):
+                    encoder._init_weights(encoder)
+
+    def _initialize_weights(self, module, is_custom_code: bool = False):
+        # transformers skips parameter-less modules of custom-code models in case their `_init_weights` writes in
+        # place over loaded weights; this `_init_weights` only uses the flag-respecting `init` functions.
+        super()._initialize_weights(module, is_custom_code=False)
 
 
 class MeraModel(MeraPreTrainedModel):
@@ -49,7 +68,9 @@ class MeraModel(MeraPreTrainedModel):
         self.language_model.set_input_embeddings(value)
 
     def _build_modality(self, name: str, modality: MeraModalityConfig, encoder: nn.Module | None = None):
-        self.encoders[name] = encoder if encoder is not None else build_encoder(modality)
+        if encoder is None:
+            encoder = build_encoder(modality, attn_implementation=self.config._attn_implementation)
+        self.encoders[name] = encoder
         self.connectors[name] = build_connector(
             modality.connector, modality.encoder_hidden_size, self.config.text_config.hidden_size
         )
@@ -80,10 +101,15 @@ class MeraModel(MeraPreTrainedModel):
             )
         return mask.unsqueeze(-1).expand_as(inputs_embeds)
 
+    def placeholder_mask(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """Where `input_ids` hold any modality's placeholder."""
+        placeholder_ids = list(self.config.placeholder_token_ids.values())
+        return torch.isin(input_ids, torch.tensor(placeholder_ids, device=input_ids.device, dtype=input_ids.dtype))
+
     def embed_inputs(self, input_ids: torch.LongTensor, modality_inputs: ModalityInputs | None) -> torch.Tensor:
         """Text embeddings with every modality's features scattered into its placeholder positions."""
         placeholder_ids = self.config.placeholder_token_ids
-        is_placeholder = torch.isin(input_ids, torch.tensor(list(placeholder_ids.values()), device=input_ids.device))
+        is_placeholder = self.placeholder_mask(input_ids)
         # Placeholder ids lie outside the vocabulary: swap them for a real id before the lookup, then overwrite.
         pad_id = self.config.text_config.pad_token_id or 0
         inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(is_placeholder, pad_id))
@@ -117,11 +143,40 @@ class MeraModel(MeraPreTrainedModel):
             raise ValueError(f"unknown modalities {unknown}; this model knows {list(self.config.modalities)}")
         return collected
 
+    def expand_modality_inputs(
+        self, input_ids: torch.LongTensor, modality_inputs: ModalityInputs, expand_size: int
+    ) -> ModalityInputs:
+        """
+        The modality inputs of `input_ids.repeat_interleave(expand_size, dim=0)`: each prompt's own group of items
+        repeated as a whole ([A, B] -> [A, B, A, B]), since items are consumed in placeholder order.
+        """
+        expanded = {}
+        for name, inputs in modality_inputs.items():
+            num_tokens = self.config.modalities[name]["num_tokens"]
+            tokens_per_prompt = (input_ids == self.config.modalities[name]["placeholder_token_id"]).sum(-1)
+            if (tokens_per_prompt % num_tokens).any():
+                raise ValueError(
+                    f"a prompt holds {tokens_per_prompt.tolist()} {name} placeholder tokens, not a multiple of the "
+                    f"{num_tokens} tokens one {name} item takes"
+                )
+            ends = (tokens_per_prompt // num_tokens).cumsum(0).tolist()
+            index = [
+                item for start, end in zip([0, *ends[:-1]], ends) for item in list(range(start, end)) * expand_size
+            ]
+            index = torch.tensor(index, dtype=torch.long)
+            if isinstance(inputs, dict):
+                expanded[name] = {key: value.index_select(0, index.to(value.device)) for key, value in inputs.items()}
+            else:
+                expanded[name] = inputs.index_select(0, index.to(inputs.device))
+        return expanded
+
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         modality_inputs: ModalityInputs | None = None,
         **kwargs,
@@ -134,7 +189,12 @@ class MeraModel(MeraPreTrainedModel):
         elif modality_inputs:
             raise ValueError("modality inputs need input_ids to find their placeholders; got inputs_embeds instead")
         return self.language_model(
-            attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **kwargs,
         )
 
 
@@ -156,6 +216,7 @@ class MeraForCausalLM(MeraPreTrainedModel, GenerationMixin):
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: MeraConfig):
         super().__init__(config)
@@ -217,11 +278,13 @@ class MeraForCausalLM(MeraPreTrainedModel, GenerationMixin):
     def get_modality_features(self, modality: str, inputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model.get_modality_features(modality, inputs)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         modality_inputs: ModalityInputs | None = None,
@@ -232,16 +295,17 @@ class MeraForCausalLM(MeraPreTrainedModel, GenerationMixin):
         input_ids (`torch.LongTensor` of shape `(batch, length)`):
             Token ids as `MeraProcessor` makes them: each modality item is a run of `num_tokens` placeholder ids.
         labels (`torch.LongTensor` of shape `(batch, length)`, *optional*):
-            Targets for the autoregressive loss; -100 is ignored (prompt and placeholder positions).
+            Targets for the autoregressive loss; -100 is ignored (prompt and placeholder positions). Already shifted
+            targets (sequence or context parallelism) go in `shift_labels`, as for transformers' causal LMs.
         modality_inputs (`dict[str, Tensor | dict]`, *optional*):
             Modality name -> its encoder input (see the class docstring); modality names also work as keywords.
         """
         modality_inputs = self.model.collect_modality_inputs(modality_inputs, kwargs)
-        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             modality_inputs=modality_inputs,
             **kwargs,
@@ -250,12 +314,9 @@ class MeraForCausalLM(MeraPreTrainedModel, GenerationMixin):
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, slice_indices, :])
         loss = None
-        if labels is not None:
+        if labels is not None or kwargs.get("shift_labels") is not None:
             loss = self.loss_function(
-                logits=logits,
-                labels=labels,
-                vocab_size=self.config.text_config.vocab_size,
-                num_items_in_batch=num_items_in_batch,
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
         # Field names of the cache differ across transformers 5.x releases: forward whatever the LLM returned.
         extra = {f.name: getattr(outputs, f.name) for f in fields(outputs) if f.name != "last_hidden_state"}
@@ -265,25 +326,72 @@ class MeraForCausalLM(MeraPreTrainedModel, GenerationMixin):
         """`GenerationMixin.generate`, taking modality inputs as keywords or as one `modality_inputs` dict."""
         modality_inputs = self.model.collect_modality_inputs(modality_inputs, kwargs)
         if modality_inputs:
-            generation_config = kwargs.get("generation_config") or self.generation_config
-            copies = max(
-                kwargs.get("num_beams", generation_config.num_beams) or 1,
-                kwargs.get("num_return_sequences", generation_config.num_return_sequences) or 1,
-            )
-            if copies > 1:
-                raise ValueError(
-                    "generation with modality inputs supports one sequence per prompt (num_beams=1, "
-                    f"num_return_sequences=1); got {copies}"
-                )
             kwargs["modality_inputs"] = modality_inputs
         return super().generate(*args, **kwargs)
 
-    def prepare_inputs_for_generation(self, *args, modality_inputs=None, is_first_iteration=False, **kwargs):
-        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
-        # Features enter through the prompt's placeholders; after the first step they live in the KV cache.
-        if is_first_iteration or not kwargs.get("use_cache", True):
+    def _expand_inputs_for_generation(
+        self,
+        expand_size: int = 1,
+        is_encoder_decoder: bool = False,
+        input_ids: torch.LongTensor | None = None,
+        **model_kwargs,
+    ) -> tuple[torch.LongTensor, dict]:
+        # Beams and returned sequences copy every prompt; each copy needs its prompt's modality items (counted from
+        # the placeholders before the ids are expanded), as `_expand_multimodal_outputs` does for LLaVA's features.
+        modality_inputs = model_kwargs.pop("modality_inputs", None)
+        if modality_inputs and expand_size > 1:
+            if input_ids is None or input_ids.shape[-1] == 0:
+                raise ValueError("modality inputs need input_ids to find their placeholders, not inputs_embeds")
+            modality_inputs = self.model.expand_modality_inputs(input_ids, modality_inputs, expand_size)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
+        )
+        if modality_inputs is not None:
+            model_kwargs["modality_inputs"] = modality_inputs
+        return input_ids, model_kwargs
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        cache: Cache | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        modality_inputs: ModalityInputs | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs,
+    ) -> dict:
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
+        # Features enter through their placeholders, so they go with exactly the passes that feed placeholders: the
+        # prefill, every pass without a cache, an assistant's first pass. Afterwards they live in the cache.
+        fed_ids = model_inputs.get("input_ids")
+        if not modality_inputs or fed_ids is None or not self.model.placeholder_mask(fed_ids).any():
+            return model_inputs
+        if fed_ids.shape[1] == input_ids.shape[1]:
             model_inputs["modality_inputs"] = modality_inputs
+        else:
+            # The cache holds part of the placeholders (an assistant re-reading its last prompt tokens): embed the
+            # whole sequence with its features and feed the uncached positions as embeddings.
+            inputs_embeds = self.model.embed_inputs(input_ids, modality_inputs)
+            model_inputs["inputs_embeds"] = inputs_embeds[:, -fed_ids.shape[1] :]
+            model_inputs["input_ids"] = None
         return model_inputs
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """`PreTrainedModel.resize_token_embeddings`; placeholder ids that a grown vocabulary covers move above it."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        self.config.move_placeholders_above_vocabulary()
+        return embeddings
 
     def add_modality(
         self,
@@ -312,6 +420,8 @@ class MeraForCausalLM(MeraPreTrainedModel, GenerationMixin):
         encoder = None
         if encoder_weights is not None:
             encoder = load_pretrained_encoder(kind, encoder_weights)
+            if encoder._can_set_attn_implementation():
+                encoder.set_attn_implementation(self.config._attn_implementation)
             encoder_config = encoder.config
         if encoder_config is None:
             raise ValueError(f"add_modality({name!r}): give encoder_config or encoder_weights")
@@ -323,7 +433,10 @@ class MeraForCausalLM(MeraPreTrainedModel, GenerationMixin):
         modality = self.config.add_modality(name, options)
         try:
             self.model._build_modality(name, modality, encoder)
-            self.connectors[name].apply(self._init_weights)
+            # The model's init scheme for the connector's layers; what the connector draws itself when built (a
+            # Q-Former's queries) is kept, so a seed gives the same model as it always did.
+            for child in self.connectors[name].children():
+                child.apply(self._init_weights)
             device, dtype = self.lm_head.weight.device, self.lm_head.weight.dtype
             self.encoders[name].to(device)
             self.connectors[name].to(device, dtype)
