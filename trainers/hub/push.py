@@ -4,8 +4,9 @@ model card: `trainers.hub.card`).
 
     org/name
       stage-1   θ1, complete by itself: model.safetensors, config.json (with auto_map), the modeling_mera code,
-      stage-2   tokenizer and processor files (processors/<modality>/), stage.json, scores.json (the score matrix
-      ...       up to this stage) and README.md, the model card rendered from the top-level model_card.md
+      stage-2   tokenizer and processor files (processor_config.json, chat_template.jinja), stage.json,
+      ...       scores.json (the score matrix up to this stage) and README.md, the model card rendered from the
+                top-level model_card.md
       main      follows the latest stage pushed
 
 A stage branch starts from the previous stage's branch, so its history follows the training. Each push commits the
