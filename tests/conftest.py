@@ -279,3 +279,32 @@ def write_tiny_run(folder, modalities=("image", "audio", "point_cloud"), samples
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def accelerate_launch_cpu(num_processes: int, script, *args: str, timeout: int = 600, env: dict | None = None):
+    """
+    `accelerate launch` of `script` on `num_processes` CPU processes talking over gloo.
+
+    `accelerate launch --cpu --num_processes N` starts a single process unless MPI is set up (its CPU launcher is
+    mpirun); the multi-process launcher with `ACCELERATE_USE_CPU=true` starts N processes and accelerate's state
+    then reads MULTI_CPU (gloo), as on a CPU cluster.
+    """
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    launcher = ["--multi_gpu"] if num_processes > 1 else ["--cpu"]
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", str(num_processes),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *args,
+    ]  # fmt: skip
+    environment = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "true",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), str(root / "tests"), os.environ.get("PYTHONPATH")])),
+        **(env or {}),
+    }
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment, cwd=root)

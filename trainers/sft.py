@@ -3,6 +3,7 @@ TRL trainers for one MERA stage: `MeraSFTTrainer` (the standard two-phase MLLM t
 given by name) and `RealignTrainer` (connector-only realigning on a replay set).
 """
 
+import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from peft import LoraConfig, PeftModel
 from trl import SFTConfig, SFTTrainer
 
 from .data import MeraDataCollator
+from .distributed import gathered_state_dict, shards_parameters
 from .settings import PAPER_LORA, StageSettings
 
 # What trains in each phase unless a plug-in or a config says otherwise: the one place these defaults live.
@@ -175,6 +177,20 @@ class MeraSFTTrainer(SFTTrainer):
         if args.trainable is None:
             args.trainable = list(self.default_trainable)
         self.trainable_counts = set_trainable(self.model, args.trainable)
+
+    def train(self, *args, **kwargs):
+        """
+        `Trainer.train`. Where the accelerate config shards the parameters (FSDP, DeepSpeed ZeRO-3), `self.model` is
+        afterwards a whole, unsharded copy of the trained model on every process, so that what follows a phase (the
+        merge, the next phase's freezing, EWC's Fisher, saving) reads and writes whole weights. The copy is taken
+        before training, while the model is still whole: it costs one model's size of CPU memory per process.
+        """
+        whole = copy.deepcopy(self.model) if shards_parameters(self.accelerator) else None
+        result = super().train(*args, **kwargs)
+        if whole is not None:
+            whole.load_state_dict(gathered_state_dict(self.model))
+            self.model = self.model_wrapped = whole
+        return result
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None:
