@@ -5,14 +5,14 @@ import json
 import pytest
 from conftest import accelerate_launch_cpu, build_tiny_model, tiny_processor, toy_samples
 
-from trainers.evaluation import evaluate_model
+from trainers.evaluation.generation import evaluate_model
 
 EVALUATION_SCRIPT = """
 import json, sys
 from pathlib import Path
 from conftest import build_tiny_model, tiny_processor
 from trainers.distributed import process_state
-from trainers.evaluation import evaluate_model
+from trainers.evaluation.generation import evaluate_model
 
 out = Path(sys.argv[1])
 samples = json.loads((out / "samples.json").read_text())
