@@ -215,7 +215,7 @@ def _write_wav(path, waveform, rate):
         audio.writeframes((np.clip(waveform, -1, 1) * 32767).astype(np.int16).tobytes())
 
 
-TINY_PHASE_ARGS = {"per_device_train_batch_size": 4, "num_train_epochs": 2, "warmup_ratio": 0.0, "disable_tqdm": True}
+TINY_PHASE_ARGS = {"warmup_ratio": 0.0, "disable_tqdm": True}
 
 
 def write_tiny_run(folder, modalities=("image", "audio", "point_cloud"), samples_per_modality: int = 4) -> Path:
@@ -263,15 +263,20 @@ def write_tiny_run(folder, modalities=("image", "audio", "point_cloud"), samples
         "data_root": str(folder / "data"),
         "method": "mera",
         "replay_ratio": 25,
-        "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
-        "pretrain_args": {**TINY_PHASE_ARGS, "learning_rate": 1e-2},
-        "finetune_args": {
-            **TINY_PHASE_ARGS,
-            "num_train_epochs": 8,
-            "learning_rate": 1e-2,
-            "connector_learning_rate": 1e-3,
-        },
-        "realign_args": {**TINY_PHASE_ARGS, "learning_rate": 1e-3},
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_dropout": 0.0,
+        **{f"{phase}_per_device_train_batch_size": 4 for phase in ("pretrain", "finetune", "realign")},
+        "pretrain_num_train_epochs": 2,
+        "pretrain_learning_rate": 1e-2,
+        "finetune_num_train_epochs": 8,
+        "finetune_learning_rate": 1e-2,
+        "finetune_connector_learning_rate": 1e-3,
+        "realign_num_train_epochs": 2,
+        "realign_learning_rate": 1e-3,
+        "pretrain_args": TINY_PHASE_ARGS,
+        "finetune_args": TINY_PHASE_ARGS,
+        "realign_args": TINY_PHASE_ARGS,
         "seed": 0,
         "eval_batch_size": 8,
         "max_new_tokens": 4,
