@@ -78,3 +78,55 @@ def test_quantized_fine_tuning_merges_into_the_full_precision_weights():
     for name, value in before.items():
         expected = value + deltas[name] / 3 if name in deltas else value
         torch.testing.assert_close(merged[name], expected, atol=1e-6, rtol=0)
+
+
+@needs_cuda
+@needs_bitsandbytes
+def test_a_tiny_stage_with_4bit_fine_tuning_merges_by_the_full_precision_formula(tmp_path):
+    """On a GPU: stage 2 with load_in_4bit; its merged LLM is θ(1) + ΔW/2 on the full-precision weights."""
+    from dataclasses import replace
+
+    import bitsandbytes as bnb
+    from conftest import build_tiny_model, tiny_processor, toy_samples
+    from test_stage import SPECS, tiny_settings
+
+    from trainers.checkpoint import load_stage
+    from trainers.data import load_samples
+    from trainers.methods.mera import MergePlugin
+    from trainers.plugins import StagePlugin
+    from trainers.stage import run_stage
+
+    class Watch(StagePlugin):
+        """Counts the 4-bit layers while fine-tuning trains, and takes the adapter's ΔW right before the merge."""
+
+        name = "watch"
+
+        def __init__(self):
+            self.quantized_while_training, self.deltas = 0, {}
+
+        def extra_loss(self, model, inputs):
+            self.quantized_while_training = sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+
+        def after_finetune(self, ctx):
+            assert not any(isinstance(m, bnb.nn.Linear4bit) for m in ctx.model.modules())
+            self.deltas = {
+                name.removeprefix("base_model.model.") + ".weight": module.get_delta_weight("default").float().cpu()
+                for name, module in ctx.model.named_modules()
+                if hasattr(module, "get_delta_weight") and "default" in getattr(module, "lora_A", {})
+            }
+
+    base = build_tiny_model(())
+    data = {m: load_samples(toy_samples(tmp_path / "data", m, 4, seed=i)) for i, m in enumerate(("image", "audio"))}
+    stage1 = run_stage(base, tiny_processor(base), SPECS["image"], data["image"], tmp_path / "s1", 1, [MergePlugin()],
+                       tiny_settings())  # fmt: skip
+    before = llm_state_dict(load_stage(stage1)[0], device="cpu")
+    watch = Watch()
+    settings = replace(tiny_settings(), load_in_4bit=True)
+    stage2 = run_stage(stage1, None, SPECS["audio"], data["audio"], tmp_path / "s2", 2, [watch, MergePlugin()],
+                       settings)  # fmt: skip
+    assert watch.quantized_while_training == 7 * base.config.text_config.num_hidden_layers
+    assert watch.deltas and any(delta.abs().max() > 0 for delta in watch.deltas.values())
+    merged = llm_state_dict(load_stage(stage2)[0], device="cpu")
+    for name, value in before.items():
+        expected = value + watch.deltas[name] / 2 if name in watch.deltas else value
+        torch.testing.assert_close(merged[name], expected, atol=1e-6, rtol=0)
