@@ -19,6 +19,7 @@ from recipes.stage import make_parser as stage_parser
 from trainers.continual import build_stage_plan
 from trainers.settings import ContinualConfig
 from trainers.sft import phase_config
+from trainers.stage import check_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "recipes" / "configs"
@@ -97,7 +98,6 @@ def test_every_setting_is_a_command_line_flag_and_reaches_the_phase():
             ["--finetune_args", '{"learning_rate": 1e-4}'],
             r"finetune_args sets \['learning_rate'\].*finetune_learning_rate",
         ),
-        (["--realign_args", '{"warmpu_ratio": 0.1}'], r"realign_args: \['warmpu_ratio'\] are not MeraSFTConfig"),
         (["--pretrain_args", "[1, 2]"], r"pretrain_args must be a dict"),
         (["--load_in_4bit", "true", "--use_lora", "false"], r"load_in_4bit: true contradicts use_lora: false"),
         (["--push_to_hub", "true"], r"push_to_hub: true needs hub_model_id"),
@@ -108,6 +108,12 @@ def test_every_setting_is_a_command_line_flag_and_reaches_the_phase():
 def test_a_contradicting_or_unknown_setting_is_an_error_naming_it(argv, message):
     with pytest.raises(ValueError, match=message):
         parse("--config", str(TINY), *argv)
+
+
+def test_an_unknown_phase_field_is_refused_before_anything_loads():
+    config = parse("--config", str(TINY), "--realign_args", '{"warmpu_ratio": 0.1}')
+    with pytest.raises(ValueError, match=r"realign_args: \['warmpu_ratio'\] are not MeraSFTConfig"):
+        check_runtime(config)
 
 
 def test_unknown_flags_and_keys_and_the_old_push_to_hub_are_refused(tmp_path, capsys):

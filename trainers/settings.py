@@ -162,14 +162,6 @@ def _phase_args(phase: str, value) -> dict | None:
             + ", ".join(f"{phase}_{key}" for key in named)
             + " instead (one setting, one place)"
         )
-    if value:
-        from dataclasses import fields as dataclass_fields
-
-        from .sft import MeraSFTConfig  # TRL's config class: imported only when there is something to check
-
-        unknown = sorted(set(value) - {f.name for f in dataclass_fields(MeraSFTConfig)})
-        if unknown:
-            raise ValueError(f"{name}: {unknown} are not MeraSFTConfig (TRL SFTConfig) fields")
     return dict(value)
 
 

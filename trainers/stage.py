@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from datasets import Dataset
@@ -39,8 +39,16 @@ from .data import ReplayBuffer
 from .distributed import process_state
 from .methods.mera import mera_plugins
 from .plugins import HOOKS, StageContext, StagePlugin
-from .settings import ModalitySpec, StageSettings
-from .sft import DEFAULT_TRAINABLE, MeraSFTTrainer, effective_settings, llm_lora_config, phase_config, unwrap_mera
+from .settings import PHASES, ModalitySpec, StageSettings
+from .sft import (
+    DEFAULT_TRAINABLE,
+    MeraSFTConfig,
+    MeraSFTTrainer,
+    effective_settings,
+    llm_lora_config,
+    phase_config,
+    unwrap_mera,
+)
 
 
 def build_feature_processor(spec: ModalitySpec, kind: str):
@@ -114,7 +122,15 @@ def _train_quantized(ctx: StageContext, dataset: Dataset, plugins: list[StagePlu
 
 
 def check_runtime(settings: StageSettings):
-    """What the settings need from this machine and launch, checked before anything is loaded, written or trained."""
+    """
+    What the stage loop checks before anything is loaded, written or trained: every `{phase}_args` key is a
+    `MeraSFTConfig` field, and the machine and launch offer what the settings need (4-bit: CUDA and bitsandbytes).
+    """
+    known = {f.name for f in fields(MeraSFTConfig)}
+    for phase in PHASES:
+        unknown = sorted(set(getattr(settings, f"{phase}_args") or {}) - known)
+        if unknown:
+            raise ValueError(f"{phase}_args: {unknown} are not MeraSFTConfig (TRL SFTConfig) fields")
     if settings.load_in_4bit:
         from .distributed import sharded_launch
         from .quantization import check_quantization_available
