@@ -132,3 +132,29 @@ def test_fsdp_sharded_lora_stage_merges_like_one_process(tmp_path):
     # Training and the merge moved the LLM: the comparison is not between two untouched copies.
     untouched = dict(build_tiny_model(("image",)).named_parameters())
     assert any(not torch.equal(value, untouched[name].detach()) for name, value in alone.items() if name in untouched)
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({"ACCELERATE_USE_FSDP": "true"}, "FSDP"),
+        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "DeepSpeed ZeRO-3"),
+        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, None),
+        ({}, None),
+    ],
+)
+def test_a_sharded_launch_is_known_before_any_model_and_refuses_ewc(monkeypatch, environment, expected):
+    from trainers.distributed import sharded_launch
+    from trainers.methods import get_method_plugins
+    from trainers.settings import ContinualConfig
+
+    for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert sharded_launch() == expected
+    if expected is None:
+        assert get_method_plugins("ewc", ContinualConfig())[0].name == "ewc"
+    else:
+        with pytest.raises(ValueError, match=f"method ewc: its penalty reads whole LLM weights.*{expected}"):
+            get_method_plugins("ewc", ContinualConfig())

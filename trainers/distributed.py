@@ -11,6 +11,8 @@ anchor, saving a stage) run on an unsharded model: `MeraSFTTrainer.train` hands 
 trained when its parameters were sharded (see `trainers.sft`).
 """
 
+import os
+
 import torch
 from accelerate import PartialState
 from accelerate.utils import DistributedType, parse_flag_from_env
@@ -43,11 +45,8 @@ def sharded_launch() -> str | None:
     """
     if parse_flag_from_env("ACCELERATE_USE_FSDP"):
         return "FSDP"
-    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
-        import os
-
-        if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
-            return "DeepSpeed ZeRO-3"
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED") and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        return "DeepSpeed ZeRO-3"
     return None
 
 
