@@ -20,7 +20,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from datasets import Dataset
-from peft import PeftModel
+from peft import PeftModel, get_peft_model
 from transformers import set_seed
 
 from modeling_mera import MeraForCausalLM, MeraProcessor
@@ -36,9 +36,10 @@ from .checkpoint import (
     save_stage,
 )
 from .data import ReplayBuffer
-from .distributed import process_state
+from .distributed import process_state, sharded_launch
 from .methods.mera import mera_plugins
 from .plugins import HOOKS, StageContext, StagePlugin
+from .quantization import check_quantization_available, quantization_config, quantize_llm, restore_full_precision
 from .settings import PHASES, ModalitySpec, StageSettings
 from .sft import (
     DEFAULT_TRAINABLE,
@@ -103,11 +104,6 @@ def _train_quantized(ctx: StageContext, dataset: Dataset, plugins: list[StagePlu
     wrapped around the full-precision layers first, and the full-precision layers are put back right after training,
     before any plug-in merges, anchors or saves.
     """
-    from peft import get_peft_model
-
-    from .distributed import process_state
-    from .quantization import quantization_config, quantize_llm, restore_full_precision
-
     if ctx.peft_config is not None:
         ctx.model, ctx.peft_config = get_peft_model(ctx.model, ctx.peft_config), None
     mera = unwrap_mera(ctx.model)
@@ -132,9 +128,6 @@ def check_runtime(settings: StageSettings):
         if unknown:
             raise ValueError(f"{phase}_args: {unknown} are not MeraSFTConfig (TRL SFTConfig) fields")
     if settings.load_in_4bit:
-        from .distributed import sharded_launch
-        from .quantization import check_quantization_available
-
         check_quantization_available()
         sharding = sharded_launch()
         if sharding:
