@@ -14,16 +14,16 @@ from typing import Any
 # the field of the phase's `MeraSFTConfig`. Every other MeraSFTConfig field goes into `{phase}_args`.
 PHASES = ("pretrain", "finetune", "realign")
 PHASE_FIELDS = {
-    "learning_rate": (float, "Learning rate"),
-    "per_device_train_batch_size": (int, "Batch size per device"),
-    "num_train_epochs": (float, "Epochs"),
-    "gradient_accumulation_steps": (int, "Gradient accumulation steps"),
+    "learning_rate": "Learning rate",
+    "per_device_train_batch_size": "Batch size per device",
+    "num_train_epochs": "Epochs",
+    "gradient_accumulation_steps": "Gradient accumulation steps",
 }
 PHASE_NAMES = {"pretrain": "connector pre-training", "finetune": "fine-tuning", "realign": "realigning"}
 
 
 def _phase_field(phase: str, name: str, help_text: str | None = None):
-    help_text = help_text or f"{PHASE_FIELDS[name][1]} of {PHASE_NAMES[phase]}"
+    help_text = help_text or f"{PHASE_FIELDS[name]} of {PHASE_NAMES[phase]}"
     return field(default=None, metadata={"help": f"{help_text} (unset: the paper's, Table 9)."})
 
 
