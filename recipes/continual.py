@@ -7,8 +7,10 @@ Every stage of one continual-learning method, in one modality order, evaluated a
 
 Resumable: a killed run continues at its last finished stage (a finished stage is never re-trained), and within a
 stage after its merge. `--dry_run` lists each stage's data with counts and checks every media file, without
-loading a model. Any field of the YAML can be overridden on the command line (`--replay_ratio 1`).
-`--push_to_hub org/name` pushes each stage to the Hub branch `stage-i` as it finishes (see `trainers.hub`).
+loading a model. Any field of the YAML can be overridden on the command line (`--replay_ratio 1`,
+`--finetune_learning_rate 1e-4`, `--lora_r 64`). `--push_to_hub true --hub_model_id org/name` pushes each stage to
+the Hub branch `stage-i` as it finishes (see `trainers.hub`). Under several processes, evaluation splits the test
+set across them.
 """
 
 import sys

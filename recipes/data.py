@@ -5,6 +5,7 @@ mera data convert mscoco --data-root /downloads/coco --out /data/mera
 mera data convert okvqa --data-root /downloads/okvqa --out /data/mera --option image_dir=/downloads/coco/train2014
 mera data convert audiocaps --data-root /downloads/audiocaps --out /data/mera --skip-missing-media
 mera data check --data-root /data/mera mscoco/train.jsonl mscoco/test.jsonl
+mera data demo --out data/tiny                   the demo benchmark + its tiny LM, for recipes/configs/tiny.yaml
 python recipes/continual.py --config recipes/configs/paper_sequential.yaml --data_root /data/mera --dry_run
 """
 
@@ -104,6 +105,20 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("files", nargs="+", metavar="FILE", help="converted .jsonl files")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    demo = actions.add_parser(
+        "demo",
+        help="write the demo benchmark and its tiny language model (what recipes/configs/tiny.yaml reads)",
+        description="Write the offline demo benchmark (four synthetic modalities) and a tiny Llama pre-trained on its "
+        "text to one folder: <out>/<modality>/train.jsonl, test.jsonl and <out>/language_model/. Reused when "
+        "already there with the same settings.",
+    )
+    demo.add_argument("--out", default="data/tiny", help="folder to write (default: data/tiny, tiny.yaml's)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the benchmark and the language model (default 0)")
+    demo.add_argument("--train-per-modality", type=int, default=24, help="training items per modality (default 24)")
+    demo.add_argument("--test-per-modality", type=int, default=8, help="test items per modality (default 8)")
+    demo.add_argument("--lm-steps", type=int, default=40, help="pre-training steps of the tiny LM (default 40)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+
 
 def main(args: argparse.Namespace) -> int:
     if args.action is None or args.action == "list":
@@ -113,6 +128,19 @@ def main(args: argparse.Namespace) -> int:
             print(f"mera data: error: unknown converter(s) {unknown}; known: {sorted(CONVERTERS)}", file=sys.stderr)
             return 2
         print("\n\n".join(describe_converter(name) for name in names))
+        return 0
+    if args.action == "demo":
+        from trainers.demo.recipe import write_recipe_data
+
+        out = write_recipe_data(
+            args.out,
+            seed=args.seed,
+            train_per_modality=args.train_per_modality,
+            test_per_modality=args.test_per_modality,
+            language_model_steps=args.lm_steps,
+            progress=not args.quiet,
+        )
+        print(f"wrote {out}/ (the demo benchmark) and {out}/language_model/ (its tiny Llama)")
         return 0
     if args.action == "check":
         report = dry_run_report([{"stage": "-", "modality": "files", "train": args.files}], args.data_root)

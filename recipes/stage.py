@@ -3,11 +3,14 @@ One stage of a continual run: from the stage i-1 checkpoint (or the language mod
 
     python recipes/stage.py --config recipes/configs/paper_sequential.yaml --data_root /data/mera --stage 2
     accelerate launch recipes/stage.py --config recipes/configs/paper_sequential.yaml --data_root /data/mera --stage 2
-    accelerate launch --num_processes 2 --cpu recipes/stage.py --config my.yaml --stage 1
+    accelerate launch --config_file recipes/accelerate/fsdp.yaml recipes/stage.py --config C.yaml --stage 2
+    accelerate launch recipes/stage.py --config recipes/configs/tiny.yaml --stage 1 --output_dir runs/tiny  # offline
     mera stage --config recipes/configs/paper_sequential.yaml --data_root /data/mera --stage 2
 
 The stage reads `output_dir/stage-{i-1}` unless `--previous` names another checkpoint, and writes
-`output_dir/stage-{i}` atomically. GPU count and precision come from the accelerate config, not from here.
+`output_dir/stage-{i}` atomically. GPU count, precision and sharding come from the accelerate config
+(recipes/accelerate/: ZeRO-2, ZeRO-3, FSDP), not from here. Every setting is a flag (`--finetune_learning_rate 1e-4`,
+`--lora_r 64`, `--load_in_4bit true`).
 """
 
 import sys
@@ -40,8 +43,9 @@ def main(config: ContinualConfig, args: StageArguments) -> int:
     from trainers.checkpoint import is_finished_stage
     from trainers.continual import base_model_and_processor, build_stage_plan, load_stage_data
     from trainers.methods import get_method_plugins
-    from trainers.stage import run_stage
+    from trainers.stage import check_runtime, run_stage
 
+    check_runtime(config)
     plan = build_stage_plan(config)
     if not 1 <= args.stage <= len(plan):
         raise ValueError(f"--stage must be between 1 and {len(plan)} for this config, got {args.stage}")

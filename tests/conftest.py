@@ -215,7 +215,7 @@ def _write_wav(path, waveform, rate):
         audio.writeframes((np.clip(waveform, -1, 1) * 32767).astype(np.int16).tobytes())
 
 
-TINY_PHASE_ARGS = {"per_device_train_batch_size": 4, "num_train_epochs": 2, "warmup_ratio": 0.0, "disable_tqdm": True}
+TINY_PHASE_ARGS = {"warmup_ratio": 0.0, "disable_tqdm": True}
 
 
 def write_tiny_run(folder, modalities=("image", "audio", "point_cloud"), samples_per_modality: int = 4) -> Path:
@@ -263,15 +263,20 @@ def write_tiny_run(folder, modalities=("image", "audio", "point_cloud"), samples
         "data_root": str(folder / "data"),
         "method": "mera",
         "replay_ratio": 25,
-        "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
-        "pretrain_args": {**TINY_PHASE_ARGS, "learning_rate": 1e-2},
-        "finetune_args": {
-            **TINY_PHASE_ARGS,
-            "num_train_epochs": 8,
-            "learning_rate": 1e-2,
-            "connector_learning_rate": 1e-3,
-        },
-        "realign_args": {**TINY_PHASE_ARGS, "learning_rate": 1e-3},
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_dropout": 0.0,
+        **{f"{phase}_per_device_train_batch_size": 4 for phase in ("pretrain", "finetune", "realign")},
+        "pretrain_num_train_epochs": 2,
+        "pretrain_learning_rate": 1e-2,
+        "finetune_num_train_epochs": 8,
+        "finetune_learning_rate": 1e-2,
+        "finetune_connector_learning_rate": 1e-3,
+        "realign_num_train_epochs": 2,
+        "realign_learning_rate": 1e-3,
+        "pretrain_args": TINY_PHASE_ARGS,
+        "finetune_args": TINY_PHASE_ARGS,
+        "realign_args": TINY_PHASE_ARGS,
         "seed": 0,
         "eval_batch_size": 8,
         "max_new_tokens": 4,
@@ -279,3 +284,32 @@ def write_tiny_run(folder, modalities=("image", "audio", "point_cloud"), samples
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def accelerate_launch_cpu(num_processes: int, script, *args: str, timeout: int = 600, env: dict | None = None):
+    """
+    `accelerate launch` of `script` on `num_processes` CPU processes talking over gloo.
+
+    `accelerate launch --cpu --num_processes N` starts a single process unless MPI is set up (its CPU launcher is
+    mpirun); the multi-process launcher with `ACCELERATE_USE_CPU=true` starts N processes and accelerate's state
+    then reads MULTI_CPU (gloo), as on a CPU cluster.
+    """
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    launcher = ["--multi_gpu"] if num_processes > 1 else ["--cpu"]
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", str(num_processes),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *args,
+    ]  # fmt: skip
+    environment = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "true",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), str(root / "tests"), os.environ.get("PYTHONPATH")])),
+        **(env or {}),
+    }
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment, cwd=root)

@@ -65,14 +65,23 @@ def test_questions_need_the_input_zeroed_features_score_far_below(tmp_path):
     build_benchmark(benchmark, seed=0, train_per_modality=96, test_per_modality=48, modalities=("image",))
     language_model = pretrained_language_model(tmp_path / "cache", benchmark, seed=0, progress=False)
     entry = demo_modality_entries(tmp_path / "cache", seed=0, benchmark=benchmark, modalities=("image",))[0]
-    phase = {"per_device_train_batch_size": 16, "warmup_ratio": 0.0, "disable_tqdm": True}
+    phase = {"warmup_ratio": 0.0, "disable_tqdm": True}
     config = ContinualConfig(
         language_model=str(language_model),
         modalities=[{**entry, "train": "image/train.jsonl", "test": "image/test.jsonl"}],
         data_root=str(benchmark),
-        lora={"r": 16, "lora_alpha": 32, "lora_dropout": 0.0},
-        pretrain_args={**phase, "num_train_epochs": 3, "learning_rate": 3e-3},
-        finetune_args={**phase, "num_train_epochs": 10, "learning_rate": 3e-3, "connector_learning_rate": 3e-3},
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        pretrain_per_device_train_batch_size=16,
+        pretrain_num_train_epochs=3,
+        pretrain_learning_rate=3e-3,
+        pretrain_args=phase,
+        finetune_per_device_train_batch_size=16,
+        finetune_num_train_epochs=10,
+        finetune_learning_rate=3e-3,
+        finetune_connector_learning_rate=3e-3,
+        finetune_args=phase,
         seed=0,
     )
     step = build_stage_plan(config)[0]

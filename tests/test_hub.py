@@ -60,13 +60,14 @@ def hub_env(tmp: Path, hub: LocalHub | None = None, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
-    """A 2-stage tiny MERA run trained with `recipes/continual.py --push_to_hub`, its first commit failing once."""
+    """A 2-stage tiny MERA run trained with `recipes/continual.py --push_to_hub true --hub_model_id REPO`, its first
+    commit failing once."""
     tmp = tmp_path_factory.mktemp("published")
     config = write_tiny_run(tmp, modalities=("image", "audio"))
     with LocalHub() as hub:
         hub.fail_commits = 1
         command = [sys.executable, str(ROOT / "recipes" / "continual.py"), "--config", str(config)]
-        command += ["--push_to_hub", REPO, "--hub_private_repo", "true"]
+        command += ["--push_to_hub", "true", "--hub_model_id", REPO, "--hub_private_repo", "true"]
         result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=hub_env(tmp, hub))
         assert result.returncode == 0, result.stderr[-3000:]
         yield {"hub": hub, "run": tmp / "run", "tmp": tmp, "output": result.stdout + result.stderr}

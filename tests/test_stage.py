@@ -20,16 +20,10 @@ import trainers.stage as stage_loop
 from modeling_mera import MeraForCausalLM
 from trainers.checkpoint import adapter_format_of, load_stage
 from trainers.data import load_samples
-from trainers.settings import ModalitySpec, StageSettings
+from trainers.settings import PHASES, ModalitySpec, StageSettings
 from trainers.stage import run_stage
 
-TINY_PHASE = {
-    "per_device_train_batch_size": 4,
-    "num_train_epochs": 2,
-    "warmup_ratio": 0.0,
-    "logging_steps": 1,
-    "disable_tqdm": True,
-}
+TINY_PHASE = {"warmup_ratio": 0.0, "logging_steps": 1, "disable_tqdm": True}
 
 SPECS = {
     "image": ModalitySpec(
@@ -50,11 +44,20 @@ SPECS = {
 
 
 def tiny_settings() -> StageSettings:
+    shape = {f"{phase}_{name}": value for phase in PHASES
+             for name, value in (("per_device_train_batch_size", 4), ("num_train_epochs", 2))}  # fmt: skip
     return StageSettings(
-        pretrain_args={**TINY_PHASE, "learning_rate": 1e-2},
-        finetune_args={**TINY_PHASE, "learning_rate": 5e-3, "connector_learning_rate": 1e-3},
-        realign_args={**TINY_PHASE, "learning_rate": 1e-3},
-        lora={"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
+        **shape,
+        pretrain_learning_rate=1e-2,
+        finetune_learning_rate=5e-3,
+        finetune_connector_learning_rate=1e-3,
+        realign_learning_rate=1e-3,
+        pretrain_args=TINY_PHASE,
+        finetune_args=TINY_PHASE,
+        realign_args=TINY_PHASE,
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
         replay_ratio=25,
         seed=0,
     )

@@ -23,12 +23,12 @@ import shutil
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 from safetensors.torch import load_file, save_file
 
 from modeling_mera import MeraForCausalLM, MeraProcessor
 
 from .data import ReplayBuffer
+from .distributed import process_state
 from .merge import unwrapped_name
 
 STAGE_INFO = "stage.json"
@@ -163,7 +163,7 @@ def save_stage(
 ):
     """Write a stage checkpoint atomically: into a temporary sibling folder, renamed into place when complete."""
     output_dir = Path(output_dir)
-    state = PartialState()
+    state = process_state()
     if state.is_main_process:  # under `accelerate launch`, every process holds the same model: one writes it
         temporary = output_dir.with_name(f".{output_dir.name}.saving")
         shutil.rmtree(temporary, ignore_errors=True)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from datasets import concatenate_datasets
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
@@ -29,11 +28,12 @@ from modeling_mera import MeraForCausalLM, MeraProcessor
 
 from .checkpoint import is_finished_stage, load_stage
 from .data import load_samples
+from .distributed import process_state
 from .evaluation.generation import evaluate_model
 from .evaluation.metrics import ScoreMatrix, format_report, summarize
 from .methods import get_method_plugins
 from .settings import MODALITY_KEYS, ContinualConfig, ModalitySpec
-from .stage import run_stage
+from .stage import check_runtime, run_stage
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def _check_run_config(config: ContinualConfig, output_dir: Path):
     saved_file = output_dir / "run_config.json"
     current = json.loads(json.dumps(asdict(config), default=str))
     volatile = {"output_dir", "experts_dir", "data_root", "judge", "eval_batch_size", "test_limit", "train_experts"}
-    volatile |= {"push_to_hub", "hub_private_repo"}
+    volatile |= {"push_to_hub", "hub_model_id", "hub_private_repo"}
     if saved_file.is_file():
         saved = json.loads(saved_file.read_text())
         differing = sorted(k for k in current if k not in volatile and saved.get(k) != current.get(k))
@@ -130,7 +130,7 @@ def _check_run_config(config: ContinualConfig, output_dir: Path):
             raise ValueError(
                 f"{output_dir} holds a run with other settings ({differing}); use another output_dir to start anew"
             )
-    elif PartialState().is_main_process:
+    elif process_state().is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         saved_file.write_text(json.dumps(current, indent=2) + "\n")
 
@@ -146,7 +146,7 @@ def evaluate_stage(config: ContinualConfig, stage_dir: Path, plan: list[StagePla
     if output_file.is_file():
         return json.loads(output_file.read_text())["scores"]
     model, processor, _ = load_stage(stage_dir)
-    model.eval()
+    model.to(process_state().device).eval()  # each process generates its share of the batches on its own device
     learnt = [step for step in plan if step.spec.name in model.modalities]
     samples = []
     for step in learnt:
@@ -168,7 +168,7 @@ def train_experts(config: ContinualConfig, plan: list[StagePlan]) -> dict[str, f
     """Each modality trained alone from the base LM (fine-tuning, no merge or realign) and scored on its tests."""
     experts_dir = Path(config.experts_dir or Path(config.output_dir) / "experts")
     scores = {}
-    for step in tqdm(plan, desc="experts", disable=not PartialState().is_main_process):
+    for step in tqdm(plan, desc="experts", disable=not process_state().is_main_process):
         expert_dir = experts_dir / step.spec.name
         if not is_finished_stage(expert_dir):
             if not config.train_experts:
@@ -186,11 +186,11 @@ def push_to_hub(config: ContinualConfig, output_dir: Path):
     from .hub import push_run  # huggingface_hub's upload machinery, only for runs that push
 
     try:
-        push_run(output_dir, config.push_to_hub, private=config.hub_private_repo)
+        push_run(output_dir, config.hub_model_id, private=config.hub_private_repo)
     except Exception as error:
         logger.warning(
-            f"pushing {output_dir} to {config.push_to_hub} failed: {error}\nThe run goes on; the checkpoints stay in "
-            f"{output_dir}; push them later with: mera push {output_dir} {config.push_to_hub}"
+            f"pushing {output_dir} to {config.hub_model_id} failed: {error}\nThe run goes on; the checkpoints stay in "
+            f"{output_dir}; push them later with: mera push {output_dir} {config.hub_model_id}"
         )
 
 
@@ -198,9 +198,10 @@ def run_continual(config: ContinualConfig) -> dict:
     """Run (or resume) every stage; returns the summary of `trainers.evaluation.metrics.summarize`."""
     plan = build_stage_plan(config)
     output_dir = Path(config.output_dir)
+    check_runtime(config)  # e.g. load_in_4bit without CUDA: refused before anything is written
     _check_run_config(config, output_dir)
     get_method_plugins(config.method, config)  # an unknown method fails here, before any training
-    is_main = PartialState().is_main_process
+    is_main = process_state().is_main_process
     stage_scores = []
     for step in tqdm(plan, desc=f"{config.method} stages", disable=not is_main):
         stage_dir = output_dir / f"stage-{step.stage}"

@@ -6,11 +6,36 @@ plug-ins), `ContinualConfig` (a whole run: the stage settings plus the modalitie
 This module imports no torch, so that `--help` of the entry points stays fast.
 """
 
+import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-# The paper's LoRA shape (r = alpha = 128); a config's `lora` overrides single keys of it.
-PAPER_LORA = {"r": 128, "lora_alpha": 128, "lora_dropout": 0.05}
+# The per-phase settings a command line reaches by name (`--finetune_learning_rate 1e-4`): `{phase}_{field}` sets
+# the field of the phase's `MeraSFTConfig`. Every other MeraSFTConfig field goes into `{phase}_args`.
+PHASES = ("pretrain", "finetune", "realign")
+PHASE_FIELDS = {
+    "learning_rate": "Learning rate",
+    "per_device_train_batch_size": "Batch size per device",
+    "num_train_epochs": "Epochs",
+    "gradient_accumulation_steps": "Gradient accumulation steps",
+}
+PHASE_NAMES = {"pretrain": "connector pre-training", "finetune": "fine-tuning", "realign": "realigning"}
+
+
+def _phase_field(phase: str, name: str, help_text: str | None = None):
+    help_text = help_text or f"{PHASE_FIELDS[name]} of {PHASE_NAMES[phase]}"
+    return field(default=None, metadata={"help": f"{help_text} (unset: the paper's, Table 9)."})
+
+
+def _phase_args_field(phase: str):
+    return field(
+        default=None,
+        metadata={
+            "help": f"Further MeraSFTConfig fields of {PHASE_NAMES[phase]}, as a dict (YAML) or JSON (command line: "
+            f"--{phase}_args '{{\"warmup_ratio\": 0.1}}'). Fields with their own setting ({phase}_learning_rate, "
+            "...) are set there, not here."
+        },
+    )
 
 
 @dataclass
@@ -30,15 +55,50 @@ class ModalitySpec:
 
 @dataclass
 class StageSettings:
-    """How one stage trains: `MeraSFTConfig` overrides per phase, the LoRA shape, the replay ratio (paper defaults)."""
+    """
+    How one stage trains: each phase's `MeraSFTConfig` settings, the LoRA shape, 4-bit fine-tuning, the replay ratio.
+    Unset per-phase fields keep the paper's values (Table 9); the LoRA shape defaults to the paper's (r = alpha = 128).
+    Field names follow TRL's `ModelConfig` (`lora_r`, `load_in_4bit`, ...) where they mean the same.
+    """
 
-    pretrain_args: dict | None = field(default=None, metadata={"help": "MeraSFTConfig overrides, pre-training."})
-    finetune_args: dict | None = field(default=None, metadata={"help": "MeraSFTConfig overrides, fine-tuning."})
-    realign_args: dict | None = field(default=None, metadata={"help": "MeraSFTConfig overrides, realigning."})
-    lora: dict | None = field(
-        default=None, metadata={"help": "LoRA settings over the paper's (r=128, lora_alpha=128, lora_dropout=0.05)."}
+    pretrain_learning_rate: float | None = _phase_field("pretrain", "learning_rate")
+    pretrain_per_device_train_batch_size: int | None = _phase_field("pretrain", "per_device_train_batch_size")
+    pretrain_num_train_epochs: float | None = _phase_field("pretrain", "num_train_epochs")
+    pretrain_gradient_accumulation_steps: int | None = _phase_field("pretrain", "gradient_accumulation_steps")
+    pretrain_args: dict | str | None = _phase_args_field("pretrain")
+    finetune_learning_rate: float | None = _phase_field("finetune", "learning_rate")
+    finetune_connector_learning_rate: float | None = _phase_field(
+        "finetune", "connector_learning_rate", "Learning rate of the new connector during fine-tuning"
     )
+    finetune_per_device_train_batch_size: int | None = _phase_field("finetune", "per_device_train_batch_size")
+    finetune_num_train_epochs: float | None = _phase_field("finetune", "num_train_epochs")
+    finetune_gradient_accumulation_steps: int | None = _phase_field("finetune", "gradient_accumulation_steps")
+    finetune_args: dict | str | None = _phase_args_field("finetune")
+    realign_learning_rate: float | None = _phase_field("realign", "learning_rate")
+    realign_per_device_train_batch_size: int | None = _phase_field("realign", "per_device_train_batch_size")
+    realign_num_train_epochs: float | None = _phase_field("realign", "num_train_epochs")
+    realign_gradient_accumulation_steps: int | None = _phase_field("realign", "gradient_accumulation_steps")
+    realign_args: dict | str | None = _phase_args_field("realign")
     use_lora: bool = field(default=True, metadata={"help": "Fine-tune the LLM with LoRA (else every weight)."})
+    lora_r: int = field(default=128, metadata={"help": "LoRA rank (paper: 128)."})
+    lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha (paper: 128)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (paper: 0.05)."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Names of the LLM's linear layers LoRA adapts (unset: every one, as in the paper)."},
+    )
+    use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised LoRA: scaling lora_alpha/sqrt(r)."})
+    load_in_4bit: bool = field(
+        default=False,
+        metadata={
+            "help": "QLoRA: hold the LLM's linear layers in 4 bits (bitsandbytes) while LoRA fine-tunes them; the "
+            "stage's weights stay in `dtype` and the merge runs on them. Needs a CUDA GPU and bitsandbytes."
+        },
+    )
+    bnb_4bit_quant_type: str = field(
+        default="nf4", metadata={"help": "4-bit quantization type.", "choices": ["nf4", "fp4"]}
+    )
+    use_bnb_nested_quant: bool = field(default=False, metadata={"help": "Quantize the 4-bit scales too."})
     replay_ratio: float = field(
         default=10.0,
         metadata={"help": "Percent of each stage's data kept for replay: r of 'replay' and 'mera', the realign pool."},
@@ -46,7 +106,63 @@ class StageSettings:
     seed: int = field(default=42, metadata={"help": "Seed of training, replay sampling and data order."})
 
     def __post_init__(self):
-        self.lora = {**PAPER_LORA, **(self.lora or {})}
+        for phase in PHASES:
+            setattr(self, f"{phase}_args", _phase_args(phase, getattr(self, f"{phase}_args")))
+        if self.lora_r < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ValueError(
+                f"LoRA needs lora_r >= 1, lora_alpha > 0 and 0 <= lora_dropout < 1; got {self.lora_r}, "
+                f"{self.lora_alpha}, {self.lora_dropout}"
+            )
+        if self.load_in_4bit and not self.use_lora:
+            raise ValueError(
+                "load_in_4bit: true contradicts use_lora: false: 4-bit weights cannot be trained, so 4-bit "
+                "fine-tuning trains LoRA adapters on them (QLoRA); set use_lora: true or load_in_4bit: false"
+            )
+        if self.bnb_4bit_quant_type not in ("nf4", "fp4"):
+            raise ValueError(f"bnb_4bit_quant_type must be 'nf4' or 'fp4', got {self.bnb_4bit_quant_type!r}")
+
+    def phase_overrides(self, phase: str) -> dict:
+        """The `MeraSFTConfig` fields this run sets for `phase`: its `{phase}_args`, then its named fields."""
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}; expected one of {list(PHASES)}")
+        named = {
+            name: getattr(self, f"{phase}_{name}")
+            for name in (*PHASE_FIELDS, "connector_learning_rate")
+            if getattr(self, f"{phase}_{name}", None) is not None
+        }
+        return {**(getattr(self, f"{phase}_args") or {}), **named}
+
+    def lora_settings(self) -> dict:
+        """The LoRA shape as `trainers.sft.llm_lora_config` takes it."""
+        return {
+            "r": self.lora_r,
+            "lora_alpha": self.lora_alpha,
+            "lora_dropout": self.lora_dropout,
+            "use_rslora": self.use_rslora,
+            "target_modules": self.lora_target_modules,
+        }
+
+
+def _phase_args(phase: str, value) -> dict | None:
+    """`{phase}_args` as a dict: parsed from JSON (the command line), checked against the phase's named fields."""
+    name = f"{phase}_args"
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{name} must be a JSON object such as '{{\"warmup_ratio\": 0.1}}': {error}") from None
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a dict of MeraSFTConfig fields, got {type(value).__name__} {value!r}")
+    named = [key for key in value if key in PHASE_FIELDS or key == "connector_learning_rate"]
+    if named:
+        raise ValueError(
+            f"{name} sets {named}, which have their own settings: use "
+            + ", ".join(f"{phase}_{key}" for key in named)
+            + " instead (one setting, one place)"
+        )
+    return dict(value)
 
 
 MODALITY_KEYS = {"name", "kind", "encoder_config", "encoder_weights", "connector", "feature_processor", "options"}
@@ -104,16 +220,19 @@ class ContinualConfig(StageSettings):
     max_new_tokens: int = field(default=32, metadata={"help": "Tokens generated per test answer."})
     test_limit: int | None = field(default=None, metadata={"help": "Evaluate at most this many samples per file."})
     train_experts: bool = field(default=True, metadata={"help": "Train missing single-modality experts."})
-    push_to_hub: str | None = field(
-        default=None,
+    push_to_hub: bool = field(
+        default=False,
         metadata={
-            "help": "Hub repo id (org/name) to push each stage to as it finishes: branch stage-i, main follows the "
+            "help": "Push each stage to the Hub repo `hub_model_id` as it finishes: branch stage-i, main follows the "
             "latest (see trainers.hub). The token comes from HF_TOKEN or `hf auth login`. A failed push is retried, "
             "then reported without stopping the run; `mera push OUTPUT_DIR REPO_ID` pushes what is missing later."
         },
     )
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "The Hub repo id (org/name) push_to_hub pushes to."}
+    )
     hub_private_repo: bool | None = field(
-        default=None, metadata={"help": "Create the push_to_hub repo private (default: the Hub's default)."}
+        default=None, metadata={"help": "Create the hub_model_id repo private (default: the Hub's default)."}
     )
 
     def __post_init__(self):
@@ -130,13 +249,20 @@ class ContinualConfig(StageSettings):
             for key in ("name", "train", "test"):
                 if not modality.get(key):
                     raise ValueError(f"modalities[{index}]: '{key}' is required")
-        if self.push_to_hub is not None:
+        if not isinstance(self.push_to_hub, bool):
+            raise ValueError(
+                f"push_to_hub is a boolean, as in transformers' TrainingArguments, got {self.push_to_hub!r}; give the "
+                "repo id as hub_model_id (push_to_hub: true, hub_model_id: org/name)"
+            )
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub: true needs hub_model_id, the Hub repo id (org/name) to push to")
+        if self.hub_model_id is not None:
             from huggingface_hub.utils import validate_repo_id
 
             try:
-                validate_repo_id(self.push_to_hub)
+                validate_repo_id(self.hub_model_id)
             except ValueError as error:
-                raise ValueError(f"push_to_hub must be a Hub repo id like 'org/name': {error}") from None
+                raise ValueError(f"hub_model_id must be a Hub repo id like 'org/name': {error}") from None
 
     def stage_settings(self) -> StageSettings:
         """The stage loop's settings: this config's `StageSettings` fields."""

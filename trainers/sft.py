@@ -3,16 +3,18 @@ TRL trainers for one MERA stage: `MeraSFTTrainer` (the standard two-phase MLLM t
 given by name) and `RealignTrainer` (connector-only realigning on a replay set).
 """
 
+import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel
-from trl import SFTConfig, SFTTrainer
+from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from .data import MeraDataCollator
-from .settings import PAPER_LORA, StageSettings
+from .distributed import gathered_state_dict, shards_parameters
+from .settings import StageSettings
 
 # What trains in each phase unless a plug-in or a config says otherwise: the one place these defaults live.
 DEFAULT_TRAINABLE = {
@@ -79,15 +81,34 @@ def paper_phase_config(phase: str, output_dir: str, **overrides) -> MeraSFTConfi
 
 
 def phase_config(settings: StageSettings, phase: str, output_dir: Path) -> MeraSFTConfig:
-    """A stage phase's `MeraSFTConfig`: the paper's settings, the run's seed, then the phase's overrides."""
-    overrides = {"seed": settings.seed, "data_seed": settings.seed, **(getattr(settings, f"{phase}_args", None) or {})}
+    """A stage phase's `MeraSFTConfig`: the paper's settings, the run's seed, then what the run sets for the phase."""
+    overrides = {"seed": settings.seed, "data_seed": settings.seed, **settings.phase_overrides(phase)}
     return paper_phase_config(phase, str(Path(output_dir) / phase), **overrides)
 
 
-def llm_lora_config(model, **lora) -> LoraConfig:
+def effective_settings(args: MeraSFTConfig) -> dict:
+    """What a phase trained with, as its `MeraSFTConfig` holds it (a stage records these in stage.json)."""
+    return {
+        "learning_rate": args.learning_rate,
+        "connector_learning_rate": args.connector_learning_rate,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "num_train_epochs": args.num_train_epochs,
+    }
+
+
+def llm_lora_config(
+    model,
+    r: int = 128,
+    lora_alpha: int = 128,
+    lora_dropout: float = 0.05,
+    use_rslora: bool = False,
+    target_modules: list[str] | None = None,
+) -> LoraConfig:
     """
-    LoRA on every linear layer of the LLM (not the LM head, encoders or connectors), as in the paper; `lora` (r,
-    lora_alpha, lora_dropout, any other `LoraConfig` field) overrides the paper's shape (`PAPER_LORA`).
+    LoRA on the LLM's linear layers: every one, as in the paper, or those named in `target_modules` (`q_proj`, ...);
+    never the LM head, encoders or connectors. The shape defaults to the paper's (r = alpha = 128). The config is
+    TRL's `get_peft_config` of a `ModelConfig` with these values (`lora_r`, ... are the stage settings' names too).
     """
     linear_names = sorted(
         {
@@ -96,8 +117,24 @@ def llm_lora_config(model, **lora) -> LoraConfig:
             if isinstance(module, torch.nn.Linear)
         }
     )
+    if target_modules is not None:
+        unknown = sorted(set(target_modules) - set(linear_names))
+        if unknown or not target_modules:
+            raise ValueError(
+                f"lora_target_modules {list(target_modules)} must name linear layers of the LLM; it has {linear_names}"
+            )
+        linear_names = sorted(set(target_modules))
     pattern = r".*\.language_model\..*\.(" + "|".join(map(re.escape, linear_names)) + r")$"
-    return LoraConfig(**{**PAPER_LORA, **lora}, target_modules=pattern, task_type="CAUSAL_LM")
+    settings = ModelConfig(
+        use_peft=True,
+        lora_r=r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        lora_target_modules=pattern,
+        use_rslora=use_rslora,
+        lora_task_type="CAUSAL_LM",
+    )
+    return get_peft_config(settings)
 
 
 def unwrap_mera(model):
@@ -175,6 +212,20 @@ class MeraSFTTrainer(SFTTrainer):
         if args.trainable is None:
             args.trainable = list(self.default_trainable)
         self.trainable_counts = set_trainable(self.model, args.trainable)
+
+    def train(self, *args, **kwargs):
+        """
+        `Trainer.train`. Where the accelerate config shards the parameters (FSDP, DeepSpeed ZeRO-3), `self.model` is
+        afterwards a whole, unsharded copy of the trained model on every process, so that what follows a phase (the
+        merge, the next phase's freezing, EWC's Fisher, saving) reads and writes whole weights. The copy is taken
+        before training, while the model is still whole: it costs one model's size of CPU memory per process.
+        """
+        whole = copy.deepcopy(self.model) if shards_parameters(self.accelerator) else None
+        result = super().train(*args, **kwargs)
+        if whole is not None:
+            whole.load_state_dict(gathered_state_dict(self.model))
+            self.model = self.model_wrapped = whole
+        return result
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None:

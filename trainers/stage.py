@@ -16,12 +16,11 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
-from accelerate import PartialState
 from datasets import Dataset
-from peft import PeftModel
+from peft import PeftModel, get_peft_model
 from transformers import set_seed
 
 from modeling_mera import MeraForCausalLM, MeraProcessor
@@ -37,10 +36,20 @@ from .checkpoint import (
     save_stage,
 )
 from .data import ReplayBuffer
+from .distributed import process_state, sharded_launch
 from .methods.mera import mera_plugins
 from .plugins import HOOKS, StageContext, StagePlugin
-from .settings import ModalitySpec, StageSettings
-from .sft import DEFAULT_TRAINABLE, MeraSFTTrainer, llm_lora_config, phase_config
+from .quantization import check_quantization_available, quantization_config, quantize_llm, restore_full_precision
+from .settings import PHASES, ModalitySpec, StageSettings
+from .sft import (
+    DEFAULT_TRAINABLE,
+    MeraSFTConfig,
+    MeraSFTTrainer,
+    effective_settings,
+    llm_lora_config,
+    phase_config,
+    unwrap_mera,
+)
 
 
 def build_feature_processor(spec: ModalitySpec, kind: str):
@@ -79,13 +88,53 @@ def _check_stage_inputs(model: MeraForCausalLM, spec: ModalitySpec, stage: int, 
 
 def _train_phase(
     ctx: StageContext, phase: str, dataset: Dataset, trainable: list[str], peft_config=None, plugins=()
-) -> float:
+) -> dict:
+    """Train one phase; returns what stage.json records of it: its loss and the settings it trained with."""
     args = phase_config(ctx.settings, phase, ctx.work_dir)
     args.trainable = trainable
     trainer = MeraSFTTrainer(ctx.model, args, dataset, ctx.processor, peft_config=peft_config, plugins=plugins)
     result = trainer.train()
     ctx.model = trainer.model
-    return result.training_loss
+    return {"train_loss": result.training_loss, **effective_settings(args)}
+
+
+def _train_quantized(ctx: StageContext, dataset: Dataset, plugins: list[StagePlugin]) -> dict:
+    """
+    The fine-tuning phase with the LLM's base layers in 4 bits (QLoRA; `trainers.quantization`): the adapters are
+    wrapped around the full-precision layers first, and the full-precision layers are put back right after training,
+    before any plug-in merges, anchors or saves.
+    """
+    if ctx.peft_config is not None:
+        ctx.model, ctx.peft_config = get_peft_model(ctx.model, ctx.peft_config), None
+    mera = unwrap_mera(ctx.model)
+    dtype = str(next(mera.language_model.parameters()).dtype).removeprefix("torch.")
+    config = quantization_config(True, dtype, ctx.settings.bnb_4bit_quant_type, ctx.settings.use_bnb_nested_quant)
+    kept = quantize_llm(mera.model.language_model, config, process_state().device)
+    try:
+        record = _train_phase(ctx, "finetune", dataset, ctx.finetune_trainable, None, plugins)
+    finally:
+        restore_full_precision(ctx.model, kept)
+    return {**record, "load_in_4bit": True, "quantized_layers": len(kept)}
+
+
+def check_runtime(settings: StageSettings):
+    """
+    What the stage loop checks before anything is loaded, written or trained: every `{phase}_args` key is a
+    `MeraSFTConfig` field, and the machine and launch offer what the settings need (4-bit: CUDA and bitsandbytes).
+    """
+    known = {f.name for f in fields(MeraSFTConfig)}
+    for phase in PHASES:
+        unknown = sorted(set(getattr(settings, f"{phase}_args") or {}) - known)
+        if unknown:
+            raise ValueError(f"{phase}_args: {unknown} are not MeraSFTConfig (TRL SFTConfig) fields")
+    if settings.load_in_4bit:
+        check_quantization_available()
+        sharding = sharded_launch()
+        if sharding:
+            raise ValueError(
+                f"load_in_4bit: 4-bit fine-tuning under {sharding} is not supported; QLoRA is the one-GPU road "
+                "(or DDP / DeepSpeed ZeRO-2, which keep whole weights on every GPU)"
+            )
 
 
 # --- the phases of a stage, in order ---------------------------------------------------------------------------------
@@ -120,20 +169,24 @@ def _add_modality(model, processor: MeraProcessor, spec: ModalitySpec, settings:
 def _pretrain(ctx: StageContext):
     """The new connector alone, on the stage's captions."""
     captions = ctx.train_dataset.filter(lambda task: task == "caption", input_columns="task")
-    loss = _train_phase(ctx, "pretrain", captions, list(DEFAULT_TRAINABLE["pretrain"]))
-    ctx.log["pretrain"] = {"train_loss": loss}
+    ctx.log["pretrain"] = _train_phase(ctx, "pretrain", captions, list(DEFAULT_TRAINABLE["pretrain"]))
 
 
 def _finetune(ctx: StageContext, plugins: list[StagePlugin]):
     """The new connector and the LLM (LoRA, or every weight), on what the plug-ins make of the stage's data."""
     ctx.finetune_dataset = ctx.train_dataset
     if ctx.settings.use_lora:
-        ctx.peft_config = llm_lora_config(ctx.model, **ctx.settings.lora)
+        ctx.peft_config = llm_lora_config(ctx.model, **ctx.settings.lora_settings())
     else:
         ctx.finetune_trainable = ["connector:new", "llm"]
     _call(plugins, "configure_finetune", ctx)
-    loss = _train_phase(ctx, "finetune", ctx.finetune_dataset, ctx.finetune_trainable, ctx.peft_config, plugins)
-    ctx.log["finetune"] = {"train_loss": loss, "samples": len(ctx.finetune_dataset)}
+    lora = ctx.peft_config  # recorded as trained: a plug-in may have replaced or dropped the loop's LoRA
+    shape = {"lora_r": lora.r, "lora_alpha": lora.lora_alpha} if getattr(lora, "r", None) else {}
+    if ctx.settings.load_in_4bit:
+        record = _train_quantized(ctx, ctx.finetune_dataset, plugins)
+    else:
+        record = _train_phase(ctx, "finetune", ctx.finetune_dataset, ctx.finetune_trainable, ctx.peft_config, plugins)
+    ctx.log["finetune"] = {**record, **shape, "samples": len(ctx.finetune_dataset)}
 
 
 def _merge(ctx: StageContext, plugins: list[StagePlugin], finetuned_dir: Path):
@@ -163,7 +216,7 @@ def _save(ctx: StageContext, plugins: list[StagePlugin], output_dir: Path, start
         "seconds": round(time.time() - started, 1),
     }
     save_stage(ctx.model, ctx.processor, ctx.replay, info, output_dir, ctx.adapter_format, plugins)
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         shutil.rmtree(ctx.work_dir, ignore_errors=True)
 
 
@@ -192,6 +245,7 @@ def run_stage(
     A killed stage resumes from its last finished phase (kept in `output_dir`'s `.partial` sibling).
     """
     settings = settings or StageSettings()
+    check_runtime(settings)
     plugins = mera_plugins() if plugins is None else plugins
     output_dir = Path(output_dir)
     if is_finished_stage(output_dir):

@@ -8,6 +8,11 @@ A test set is a list of samples in the project's format (see `trainers.data`):
 `answer` may be a list: all reference captions for a caption sample, all acceptable answers for a QA sample.
 Samples loaded with `trainers.data.load_samples` carry them all in `references`, which scoring prefers.
 
+Under several processes (`accelerate launch`), generation is split across them: whole batches, formed exactly as
+one process forms them, are dealt out in turn, so that every prediction equals the one-process prediction. The
+predictions are gathered, scored once on the main process (a paid judge is asked once per answer) and the result is
+shared with every process.
+
 Scores follow the paper: CIDEr-D x 100 for caption sets, judged accuracy (a fraction) for QA sets. The per-dataset
 `scores` of the result are exactly one entry of a score matrix's `stages` (see `trainers.evaluation.metrics`).
 
@@ -27,9 +32,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
+from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
 from ..data import TASKS, prompt_with_placeholder, read_media
+from ..distributed import process_state
 from .cider import score_captions
 from .judges import Judge, get_judge, score_qa
 
@@ -65,7 +72,8 @@ def generate_predictions(
 
     Samples are batched per modality (one encoder per batch), prompts are left-padded so that generation continues
     right after each prompt, and only the newly generated tokens are decoded. `generate_kwargs` go to
-    `model.generate` (greedy decoding unless they say otherwise).
+    `model.generate` (greedy decoding unless they say otherwise). Under several processes, each generates every
+    n-th batch and every process returns all the predictions.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
@@ -85,9 +93,12 @@ def generate_predictions(
     generate_kwargs.setdefault("pad_token_id", pad_token_id)
     was_training = model.training
     model.eval()
-    predictions: list[str | None] = [None] * len(samples)
+    state = process_state()
+    # Whole batches are dealt out, so that each process pads and decodes exactly as a single process would.
+    own_batches = batches[state.process_index :: state.num_processes]
+    own_predictions: list[tuple[int, str]] = []
     try:
-        for batch_indices in tqdm(batches, desc="generating", disable=not progress):
+        for batch_indices in tqdm(own_batches, desc="generating", disable=not (progress and state.is_main_process)):
             batch_samples = [samples[i] for i in batch_indices]
             kinds = [processor.config.modalities[s["modality"]]["kind"] for s in batch_samples]
             batch = processor(
@@ -97,10 +108,14 @@ def generate_predictions(
             ).to(model.device)
             output = model.generate(**batch, max_new_tokens=max_new_tokens, **generate_kwargs)
             new_tokens = output[:, batch["input_ids"].shape[1] :]
-            for index, text in zip(batch_indices, processor.batch_decode(new_tokens, skip_special_tokens=True)):
-                predictions[index] = text.strip()
+            texts = processor.batch_decode(new_tokens, skip_special_tokens=True)
+            own_predictions.extend((index, text.strip()) for index, text in zip(batch_indices, texts))
     finally:
         model.train(was_training)
+    gathered = gather_object(own_predictions) if state.num_processes > 1 else own_predictions
+    predictions: list[str | None] = [None] * len(samples)
+    for index, text in gathered:
+        predictions[index] = text
     return predictions
 
 
@@ -166,13 +181,33 @@ def evaluate_model(
     Returns `{"scores": {dataset: score}, "datasets": {...}, "predictions": [{"id", "dataset", "prediction",
     "answer"}, ...]}`, plus `"routing"` for a model that routes inputs to experts (MR-LoRA's `routing_summary`:
     router accuracy, fallbacks, experts chosen). The JSON file is written atomically (temp file, then rename).
+
+    Under several processes, generation is split across them (see `generate_predictions`), the main process scores
+    and writes the file, and every process returns the same result.
     """
     samples = list(samples)
+    state = process_state()
     if hasattr(model, "reset_routing"):
         model.reset_routing()
     predictions = generate_predictions(
         model, processor, samples, batch_size, max_new_tokens, progress=progress, **generate_kwargs
     )
+    if hasattr(model, "routing_summary") and state.num_processes > 1:
+        model.routing_log = gather_object(model.routing_log)  # every process routed its own batches
+    outcome = [None]
+    if state.is_main_process:
+        try:
+            outcome[0] = _scored_result(model, samples, predictions, judge, output_file)
+        except Exception as error:  # shared, so that no process waits forever for a result that never comes
+            outcome[0] = error
+    if state.num_processes > 1:
+        broadcast_object_list(outcome)
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]
+
+
+def _scored_result(model, samples: list[dict], predictions: list[str], judge, output_file) -> dict:
     result = score_predictions(samples, predictions, judge)
     if hasattr(model, "routing_summary"):
         result["routing"] = model.routing_summary()

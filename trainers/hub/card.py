@@ -154,10 +154,14 @@ def _training_setup(run_config: dict, info: dict, method: str) -> str:
         "(mera-mcl's stage loop: pre-train the new connector, fine-tune it with the LLM, then the plug-ins' steps).",
     ]
     if settings.get("use_lora", True):
-        lora = settings.get("lora", {})
+        lora = settings.get("lora") or {  # the first: older stage.json
+            "r": settings.get("lora_r"), "lora_alpha": settings.get("lora_alpha"),
+            "lora_dropout": settings.get("lora_dropout"),
+        }  # fmt: skip
+        quantized = " (QLoRA: the LLM held in 4 bits while training)" if settings.get("load_in_4bit") else ""
         lines.append(
-            f"- LLM fine-tuned with LoRA: r={lora.get('r')}, alpha={lora.get('lora_alpha')}, "
-            f"dropout={lora.get('lora_dropout')}, merged into the weights after each stage."
+            f"- LLM fine-tuned with LoRA{quantized}: r={lora.get('r')}, alpha={lora.get('lora_alpha')}, "
+            f"dropout={lora.get('lora_dropout')}, merged into the full-precision weights after each stage."
         )
     else:
         lines.append("- LLM fully fine-tuned (no LoRA).")
@@ -168,7 +172,8 @@ def _training_setup(run_config: dict, info: dict, method: str) -> str:
     )
     rows = []
     for phase in ("pretrain", "finetune", "realign"):
-        arguments = settings.get(f"{phase}_args") or settings.get(phase) or {}  # the second: older stage.json
+        # What the phase trained with (stage.json's log); the settings of an older stage.json otherwise.
+        arguments = info.get("log", {}).get(phase) or settings.get(f"{phase}_args") or settings.get(phase) or {}
         if phase == "realign" and "realign" not in info.get("plugins", []):
             continue
         rows.append(
@@ -177,7 +182,7 @@ def _training_setup(run_config: dict, info: dict, method: str) -> str:
                 arguments.get("num_train_epochs", "paper default"),
                 arguments.get("per_device_train_batch_size", "paper default"),
                 arguments.get("learning_rate", "paper default"),
-                arguments.get("connector_learning_rate", "–"),
+                arguments.get("connector_learning_rate") or "–",
             ]
         )
     losses = {phase: info.get("log", {}).get(phase, {}).get("train_loss") for phase in ("pretrain", "finetune")}

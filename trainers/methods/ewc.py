@@ -19,6 +19,7 @@ from torch import nn
 from modeling_mera import MeraBatch
 
 from ..data import MeraDataCollator, sample_replay
+from ..distributed import sharded_launch
 from ..merge import llm_parameter_names, unwrapped_name
 from ..plugins import StageContext, StagePlugin
 from ..sft import unwrap_mera
@@ -103,6 +104,12 @@ class EWCPlugin(StagePlugin):
             raise ValueError(
                 f"EWC needs ewc_lambda >= 0, fisher_percent in (0, 100] and decay in [0, 1]; got {ewc_lambda}, "
                 f"{fisher_percent}, {decay}"
+            )
+        sharding = sharded_launch()
+        if sharding:  # refused when the method is built, before any training
+            raise ValueError(
+                f"method ewc: its penalty reads whole LLM weights at every training step, which {sharding} splits "
+                "across processes; run EWC with DDP or DeepSpeed ZeRO-2 (recipes/accelerate/zero2.yaml)"
             )
         self.ewc_lambda, self.fisher_percent, self.decay = ewc_lambda, fisher_percent, decay
         self.fisher: dict[str, torch.Tensor] = {}

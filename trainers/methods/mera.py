@@ -12,7 +12,7 @@ from peft import PeftModel
 from ..data import replay_count
 from ..merge import average_llm_weights, llm_state_dict, merge_stage_adapter
 from ..plugins import StageContext, StagePlugin
-from ..sft import RealignTrainer, phase_config
+from ..sft import RealignTrainer, effective_settings, phase_config
 from .registry import register_method
 
 
@@ -69,7 +69,7 @@ class RealignPlugin(StagePlugin):
         args = phase_config(ctx.settings, "realign", ctx.work_dir)
         trainer = RealignTrainer(ctx.model, args, replay, ctx.processor)
         result = trainer.train()
-        ctx.log["realign"] = {"samples": len(replay), "train_loss": result.training_loss}
+        ctx.log["realign"] = {"samples": len(replay), "train_loss": result.training_loss, **effective_settings(args)}
 
 
 def mera_plugins() -> list[StagePlugin]:

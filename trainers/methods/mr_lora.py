@@ -59,7 +59,6 @@ class MRLoraFormat(AdapterFormat):
         return model
 
 
-
 class MRLoraPlugin(StagePlugin):
     """One frozen LoRA expert per stage and a router LoRA retrained after every stage."""
 
@@ -100,13 +99,15 @@ class MRLoraPlugin(StagePlugin):
     def before_stage(self, ctx: StageContext):
         adapter, model = f"expert-{ctx.stage}", ctx.model
         torch.manual_seed(ctx.settings.seed + ctx.stage)  # the expert's initial LoRA A, whatever ran before
-        lora = {key: ctx.settings.lora[key] for key in ("r", "lora_alpha", "lora_dropout") if key in ctx.settings.lora}
+        lora = {key: ctx.settings.lora_settings()[key] for key in ("r", "lora_alpha", "lora_dropout")}
         if isinstance(model, PeftModel):
             model.add_adapter(
                 adapter, replace(model.peft_config[self.experts[0]["adapter"]], inference_mode=False, **lora)
             )
         else:
-            model = RoutedLoraModel(model, llm_lora_config(model, **ctx.settings.lora), adapter_name=adapter)
+            model = RoutedLoraModel(
+                model, llm_lora_config(model, **ctx.settings.lora_settings()), adapter_name=adapter
+            )
         model.set_adapter(adapter)
         ctx.model = model
         datasets = ", ".join(sorted(set(ctx.train_dataset["dataset"]) - {""}))
@@ -133,7 +134,7 @@ class MRLoraPlugin(StagePlugin):
         model.set_adapter(ROUTER)
         routing = self.routing()
         model.set_routing(routing, ctx.processor.tokenizer)
-        overrides = {"seed": ctx.settings.seed, **(ctx.settings.finetune_args or {}), **self.router_args}
+        overrides = {"seed": ctx.settings.seed, **ctx.settings.phase_overrides("finetune"), **self.router_args}
         args = paper_phase_config("finetune", str(ctx.work_dir / ROUTER), **overrides)
         args.trainable = [rf"match:\.lora_(A|B)\.{ROUTER}\."]
         collator = RouterCollator(ctx.processor, routing)

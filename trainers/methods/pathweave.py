@@ -143,14 +143,13 @@ class PathWeaveFormat(AdapterFormat):
         return base
 
 
-
 class PathWeavePlugin(StagePlugin):
     """Swaps LoRA for adapter-in-adapter modules in the fine-tuning phase; they are kept, never folded."""
 
     name = "pathweave"
 
     def configure_finetune(self, ctx: StageContext):
-        r, alpha = ctx.settings.lora["r"], ctx.settings.lora["lora_alpha"]
+        r, alpha = ctx.settings.lora_r, ctx.settings.lora_alpha
         layers = add_pathweave_modality(ctx.model, ctx.modality, r, alpha)
         new = re.escape(ctx.modality)
         trains = rf"\.{PREFIX}(down|up)\.{new}\.|\.{PREFIX}in\.[^.]+\.{new}\.|\.{PREFIX}gate\."
