@@ -197,18 +197,34 @@ class PointBertModel(PreTrainedModel):
         cls, path: str | os.PathLike, config: PointBertConfig | None = None
     ) -> "PointBertModel":
         """
-        Load a released Point-BERT checkpoint (github.com/lulutang0608/Point-BERT): a torch file whose `base_model`
-        holds either the pre-training model (`transformer_q.*`, the encoder, beside the momentum encoder, the dVAE
-        and the queue, which are dropped as the original's `load_model_from_ckpt` drops them) or a fine-tuned
-        `PointTransformer`. `config` gives what the file does not record (heads, groups); Point-BERT's by default.
+        Load a released Point-BERT checkpoint, in either of two layouts:
+
+        - Point-BERT's own (github.com/lulutang0608/Point-BERT, `Point-BERT.pth`): `base_model` holds the pre-training
+          model, whose encoder is `transformer_q` (its momentum copy, the dVAE and the queue are dropped, as the
+          original's `load_model_from_ckpt` drops them), or a fine-tuned `PointTransformer`;
+        - PointLLM's Point-BERT v1.2 (`point_bert_v1.2.pt`, pre-trained with ULIP-2): `state_dict` holds the encoder
+          under `module.point_encoder.` beside ULIP-2's other towers, which are dropped as PointLLM drops them.
+
+        Pre-training and classification heads are dropped. `config` gives what the file does not record (heads,
+        groups, input channels); Point-BERT's settings by default.
         """
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(checkpoint, dict) or "base_model" not in checkpoint:
+        if isinstance(checkpoint, dict) and "base_model" in checkpoint:
+            weights = checkpoint["base_model"]
+        elif isinstance(checkpoint, dict) and "state_dict" in checkpoint:
+            prefix = "module.point_encoder."
+            weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+            if not weights:
+                raise ValueError(f"{path}: its 'state_dict' has no point encoder (keys starting with {prefix!r})")
+        else:
             found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
-            raise ValueError(f"{path}: a Point-BERT checkpoint holds a 'base_model' entry, found {found}")
+            raise ValueError(
+                f"{path}: a Point-BERT checkpoint holds a 'base_model' (Point-BERT) or 'state_dict' (PointLLM's v1.2) "
+                f"entry, found {found}"
+            )
         config = config if config is not None else PointBertConfig()
         model = cls(config)
-        state_dict = convert_official_point_bert(checkpoint["base_model"], model, where=str(path))
+        state_dict = convert_official_point_bert(weights, model, where=str(path))
         model.load_state_dict(state_dict, strict=True)
         return model.eval()
 

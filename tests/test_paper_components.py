@@ -380,3 +380,18 @@ def test_four_modality_model_with_the_papers_audio_and_point_cloud_experts(tmp_p
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "max logit difference" in result.stdout, result.stdout
+
+
+def test_point_bert_reads_pointllm_v1_2_layout(tmp_path):
+    # PointLLM's point_bert_v1.2.pt (ULIP-2): the same module names under module.point_encoder., beside other towers.
+    # The reference is still the original Point-BERT's output: PointLLM's PointTransformer is the same network.
+    reference = fixture("point_bert_reference.json")
+    base_model = official_point_bert_checkpoint(reference)["base_model"]
+    encoder = {k.replace("module.transformer_q.", "module.point_encoder."): v for k, v in base_model.items()}
+    state_dict = {k: v for k, v in encoder.items() if k.startswith("module.point_encoder.")}
+    state_dict["module.open_clip_model.positional_embedding"] = torch.zeros(3)
+    torch.save({"state_dict": state_dict, "epoch": 1}, tmp_path / "point_bert_v1.2.pt")
+    model = PointBertModel.from_official_checkpoint(tmp_path / "point_bert_v1.2.pt", point_bert_config(reference))
+    with torch.no_grad():
+        features = model(point_bert_inputs()).last_hidden_state
+    torch.testing.assert_close(features, torch.tensor(reference["features"]), rtol=0, atol=TOLERANCE)
