@@ -395,3 +395,41 @@ def test_point_bert_reads_pointllm_v1_2_layout(tmp_path):
     with torch.no_grad():
         features = model(point_bert_inputs()).last_hidden_state
     torch.testing.assert_close(features, torch.tensor(reference["features"]), rtol=0, atol=TOLERANCE)
+
+
+# --- which checkpoints a run needs ------------------------------------------------------------------------------
+def test_required_checkpoints_of_the_paper_config_locate_files_folders_and_hub_ids(tmp_path, monkeypatch):
+    import yaml
+
+    from trainers.pretrained import format_checkpoints, missing_checkpoints, required_checkpoints
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "recipes/configs/paper_sequential.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub-cache"))  # an empty cache
+    entries = required_checkpoints(config["language_model"], config["modalities"])
+    by_role = {(entry["modality"], entry["role"]): entry for entry in entries}
+    beats, point_bert = by_role["audio", "encoder"], by_role["point_cloud", "encoder"]
+    assert beats["kind"] == point_bert["kind"] == "file"
+    assert beats["path"] == str(tmp_path / "checkpoints" / "BEATs_iter3_plus_AS2M.pt") and not beats["exists"]
+    assert by_role["audio", "connector init_from"] == {
+        "modality": "audio",
+        "role": "connector init_from",
+        "reference": "bert-base-uncased",
+        "kind": "hub",
+        "repo_id": "bert-base-uncased",
+        "cached": False,
+    }
+    assert by_role["-", "language model"]["kind"] == by_role["image", "encoder"]["kind"] == "hub"
+    assert [entry["path"] for entry in missing_checkpoints(entries)] == [beats["path"], point_bert["path"]]
+    text = format_checkpoints(entries)
+    assert f"audio encoder: file {beats['path']} (MISSING)" in text
+    assert "missing checkpoint(s): BEATs_iter3_plus_AS2M.pt, point_bert_v1.2.pt; see docs/encoders.md" in text
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "BEATs_iter3_plus_AS2M.pt").write_bytes(b"x")
+    (tmp_path / "checkpoints" / "point_bert_v1.2.pt").write_bytes(b"x")
+    (tmp_path / "bert-base-uncased").mkdir()  # a local folder wins over the Hub id of the same name
+    entries = required_checkpoints(config["language_model"], config["modalities"])
+    assert missing_checkpoints(entries) == []
+    assert {entry["kind"] for entry in entries if entry["role"] == "connector init_from"} == {"folder"}
+    assert "missing checkpoint" not in format_checkpoints(entries)
