@@ -337,6 +337,8 @@ def load_pretrained_encoder(
     A file is a released checkpoint in its authors' layout: a BEATs `.pt` for 'audio', a Point-BERT `.pth` for
     'point_cloud' (whose `encoder_config`, a `PointBertConfig`, gives the settings the file does not record).
     """
+    if str(name_or_path).endswith((".pt", ".pth")) and not os.path.isfile(name_or_path):
+        raise FileNotFoundError(f"encoder checkpoint file not found: {os.path.abspath(name_or_path)}")
     if os.path.isfile(name_or_path):
         if kind == "audio":
             return BeatsModel.from_official_checkpoint(name_or_path)

@@ -24,6 +24,7 @@ from transformers import BertConfig, BertForPreTraining, Wav2Vec2FeatureExtracto
 from modeling_mera import BeatsModel, MeraForCausalLM, PointBertConfig, PointBertModel
 from modeling_mera.beats import kaldi_fbank
 from modeling_mera.connectors import MeraQFormerConnector
+from modeling_mera.encoders import load_pretrained_encoder
 from trainers.continual import ModalitySpec, StageSettings, run_stage
 from trainers.data import load_samples
 
@@ -114,6 +115,8 @@ def test_beats_rejects_missing_unexpected_and_unknown_entries(tmp_path):
     checkpoint["cfg"]["fancy_option"] = True
     with pytest.raises(ValueError, match=r"cfg: unknown entries \['fancy_option'\]"):
         BeatsModel.from_official_checkpoint(save_beats_checkpoint(tmp_path, checkpoint))
+    with pytest.raises(FileNotFoundError, match="encoder checkpoint file not found: .*BEATs_iter3_plus_AS2M.pt"):
+        load_pretrained_encoder("audio", str(tmp_path / "BEATs_iter3_plus_AS2M.pt"))
     torch.save({"model": {}}, tmp_path / "bare.pt")
     with pytest.raises(ValueError, match="holds 'cfg' and 'model' entries, found \\['model'\\]"):
         BeatsModel.from_official_checkpoint(tmp_path / "bare.pt")
