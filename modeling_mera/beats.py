@@ -11,7 +11,6 @@ loads a released checkpoint file (a torch file holding `cfg` and `model`) as it 
 
 import math
 import os
-import re
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +19,8 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput
+
+from .key_mapping import rename_key
 
 # The original's activation names (fairseq's `get_activation_fn`) and their transformers equivalents.
 OFFICIAL_ACTIVATIONS = {
@@ -441,17 +442,18 @@ class BeatsModel(PreTrainedModel):
         return model.eval()
 
 
-# Official module names -> this module's names, applied in order (first match wins).
-OFFICIAL_KEY_RENAMES = [
-    (r"layer_norm\.", "patch_norm."),
-    (r"post_extract_proj\.", "patch_projection."),
-    (r"encoder\.pos_conv\.0\.", "encoder.position_conv."),
-    (r"encoder\.layers\.\d+\.self_attn\.relative_attention_bias\.", "encoder.relative_position_bias."),
-    (r"encoder\.layers\.(\d+)\.self_attn\.grep_linear\.", r"encoder.layers.\1.attention.gate_linear."),
-    (r"encoder\.layers\.(\d+)\.self_attn\.grep_a$", r"encoder.layers.\1.attention.gate_scale"),
-    (r"encoder\.layers\.(\d+)\.self_attn\.", r"encoder.layers.\1.attention."),
-    (r"encoder\.layers\.(\d+)\.self_attn_layer_norm\.", r"encoder.layers.\1.attention_norm."),
-    (r"encoder\.layers\.(\d+)\.final_layer_norm\.", r"encoder.layers.\1.final_norm."),
+# Official module names -> this module's ({i}: a layer index; see `rename_key`). Every layer's copy of the shared
+# relative position embedding maps to the one embedding.
+OFFICIAL_NAMES = [
+    ("layer_norm.", "patch_norm."),
+    ("post_extract_proj.", "patch_projection."),
+    ("encoder.pos_conv.0.", "encoder.position_conv."),
+    ("encoder.layers.{i}.self_attn.relative_attention_bias.", "encoder.relative_position_bias."),
+    ("encoder.layers.{i}.self_attn.grep_linear.", "encoder.layers.{i}.attention.gate_linear."),
+    ("encoder.layers.{i}.self_attn.grep_a", "encoder.layers.{i}.attention.gate_scale"),
+    ("encoder.layers.{i}.self_attn.", "encoder.layers.{i}.attention."),
+    ("encoder.layers.{i}.self_attn_layer_norm.", "encoder.layers.{i}.attention_norm."),
+    ("encoder.layers.{i}.final_layer_norm.", "encoder.layers.{i}.final_norm."),
 ]
 
 
@@ -474,14 +476,7 @@ def convert_official_state_dict(
     for key, tensor in official.items():
         if key.startswith("predictor."):
             continue
-        name = next(
-            (
-                re.sub("^" + pattern, replacement, key)
-                for pattern, replacement in OFFICIAL_KEY_RENAMES
-                if re.match(pattern, key)
-            ),
-            key,
-        )
+        name = rename_key(key, OFFICIAL_NAMES) or key
         if name in converted and not torch.equal(converted[name], tensor):
             raise ValueError(f"{where}: {key} differs from layer 0's, though the original shares it between layers")
         converted[name] = tensor

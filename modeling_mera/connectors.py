@@ -9,6 +9,8 @@ from transformers.activations import ACT2FN
 from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel
 
+from .key_mapping import rename_key
+
 
 class MeraMLPConnector(nn.Module):
     """
@@ -45,14 +47,6 @@ BERT_TO_QFORMER = [
 BERT_UNUSED = re.compile(r"(embeddings\.(word|position|token_type)_embeddings\.|pooler\.|cls\.)")
 # Settings the Q-Former must share with the BERT checkpoint whose weights it takes.
 BERT_SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act")
-
-
-def bert_to_qformer_name(name: str) -> str | None:
-    for source, target in BERT_TO_QFORMER:
-        match = re.match(re.escape(source).replace(re.escape("{i}"), r"(\d+)"), name)
-        if match:
-            return target.replace("{i}", match.group(1) if match.groups() else "") + name[match.end() :]
-    return None
 
 
 class MeraQFormerConnector(nn.Module):
@@ -121,13 +115,13 @@ class MeraQFormerConnector(nn.Module):
         bert_state = {name: tensor for name, tensor in bert.state_dict().items() if not BERT_UNUSED.match(name)}
         missing = sorted(name for name in loading_info["missing_keys"] if not BERT_UNUSED.match(name))
         unexpected = sorted(name for name in loading_info["unexpected_keys"] if not BERT_UNUSED.match(name))
-        unexpected += sorted(name for name in bert_state if bert_to_qformer_name(name) not in qformer_state)
+        unexpected += sorted(name for name in bert_state if rename_key(name, BERT_TO_QFORMER) not in qformer_state)
         if missing or unexpected:
             raise ValueError(
                 f"connector init_from {name_or_path}: not a BERT checkpoint the Q-Former can start from; missing keys:"
                 f" {missing or 'none'}; unexpected keys: {unexpected or 'none'}"
             )
-        copied = {bert_to_qformer_name(name): tensor for name, tensor in bert_state.items()}
+        copied = {rename_key(name, BERT_TO_QFORMER): tensor for name, tensor in bert_state.items()}
         self.qformer.load_state_dict(copied, strict=False)
         nn.init.normal_(self.query_tokens, std=config.initializer_range)
         return sorted(set(qformer_state) - set(copied))

@@ -20,6 +20,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from .beats import BeatsConfig, BeatsModel
 from .configuration_mera import MeraModalityConfig, PointBertConfig
+from .key_mapping import rename_key
 
 
 def farthest_point_sample(xyz: torch.Tensor, num_samples: int) -> torch.Tensor:
@@ -253,16 +254,6 @@ POINT_BERT_NAMES = [
 POINT_BERT_HEADS = re.compile(r"(mask_token$|lm_head\.|cls_head\.|cls_head_finetune\.)")
 # Parts of the pre-training model beside its encoder `transformer_q`, which the original's loader drops too.
 POINT_BERT_PRETRAINING_PARTS = re.compile(r"(transformer_k\.|dvae\.|queue$|queue_ptr$)")
-
-
-def rename_key(key: str, names: list[tuple[str, str]]) -> str | None:
-    """`key` renamed by the first `(source, target)` template pair whose source prefixes it; None if none does."""
-    for source, target in names:
-        pattern = re.escape(source).replace(re.escape("{i}"), r"(\d+)")
-        match = re.match(pattern + ("" if source.endswith(".") else "$"), key)
-        if match:
-            return target.replace("{i}", match.group(1) if match.groups() else "") + key[match.end() :]
-    return None
 
 
 def convert_official_point_bert(
