@@ -18,15 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REFUSE_PROJECT_IMPORTS, build_tiny_model, tiny_processor, toy_samples
+from conftest import QFORMER, REFUSE_PROJECT_IMPORTS, build_tiny_model, tiny_processor, toy_samples, write_tiny_run
 from transformers import BertConfig, BertForPreTraining, Wav2Vec2FeatureExtractor
 
 from modeling_mera import BeatsModel, MeraForCausalLM, PointBertConfig, PointBertModel
 from modeling_mera.beats import kaldi_fbank
 from modeling_mera.connectors import MeraQFormerConnector
 from modeling_mera.encoders import load_pretrained_encoder
-from trainers.continual import ModalitySpec, StageSettings, run_stage
 from trainers.data import load_samples
+from trainers.settings import ModalitySpec, StageSettings
+from trainers.stage import run_stage
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOLERANCE = 1e-5
@@ -333,9 +334,9 @@ def test_four_modality_model_with_the_papers_audio_and_point_cloud_experts(tmp_p
     )
     phase = {"per_device_train_batch_size": 4, "num_train_epochs": 1, "warmup_ratio": 0.0, "disable_tqdm": True}
     settings = StageSettings(
-        pretrain={**phase, "learning_rate": 1e-2},
-        finetune={**phase, "learning_rate": 5e-3, "connector_learning_rate": 1e-3},
-        realign={**phase, "learning_rate": 1e-3},
+        pretrain_args={**phase, "learning_rate": 1e-2},
+        finetune_args={**phase, "learning_rate": 5e-3, "connector_learning_rate": 1e-3},
+        realign_args={**phase, "learning_rate": 1e-3},
         lora={"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
         replay_ratio=25,
         seed=0,
@@ -436,3 +437,42 @@ def test_required_checkpoints_of_the_paper_config_locate_files_folders_and_hub_i
     assert missing_checkpoints(entries) == []
     assert {entry["kind"] for entry in entries if entry["role"] == "connector init_from"} == {"folder"}
     assert "missing checkpoint" not in format_checkpoints(entries)
+
+
+def test_dry_run_lists_the_checkpoints_and_a_missing_one_stops_dry_and_real_runs(tmp_path):
+    import yaml
+
+    from trainers.continual import run_continual
+    from trainers.settings import ContinualConfig
+
+    config = yaml.safe_load(write_tiny_run(tmp_path, modalities=("audio",), samples_per_modality=2).read_text())
+    beats_file, bert_folder = tmp_path / "checkpoints" / "BEATs_iter3_plus_AS2M.pt", tmp_path / "bert"
+    audio = config["modalities"][0]
+    del audio["encoder_config"]
+    audio.update(encoder_weights=str(beats_file), connector={**QFORMER, "init_from": str(bert_folder)})
+    config_file = tmp_path / "paper_like.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    command = [sys.executable, str(Path(__file__).parents[1] / "recipes" / "continual.py")]
+    command += ["--config", str(config_file), "--dry_run"]
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "every data file and media file exists" in result.stdout  # only the checkpoints are missing
+    assert f"audio encoder: file {beats_file} (MISSING)" in result.stdout
+    assert f"audio connector init_from: folder {bert_folder} (MISSING)" in result.stdout
+    assert f"language model: folder {tmp_path / 'lm'} (found)" in result.stdout
+    assert "missing checkpoint(s): BEATs_iter3_plus_AS2M.pt, bert; see docs/encoders.md" in result.stdout
+    # A real run stops before its first stage, not when it reaches the audio stage.
+    with pytest.raises(
+        FileNotFoundError, match=f"pretrained checkpoint\\(s\\) not found: {beats_file}, {bert_folder}"
+    ):
+        run_continual(ContinualConfig(**config))
+    assert not (tmp_path / "run" / "stage-1").exists()
+
+    beats_file.parent.mkdir()
+    beats_file.write_bytes(b"checked for presence only")
+    bert_folder.mkdir()
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"audio encoder: file {beats_file} (found)" in result.stdout and "missing checkpoint" not in result.stdout

@@ -55,7 +55,7 @@ def missing_checkpoints(entries: list[dict]) -> list[dict]:
 def format_checkpoints(entries: list[dict]) -> str:
     lines = ["pretrained checkpoints:"]
     for entry in entries:
-        what = f"  {entry['modality']} {entry['role']}:"
+        what = f"  {entry['role']}:" if entry["modality"] == "-" else f"  {entry['modality']} {entry['role']}:"
         if entry["kind"] == "hub":
             cache = "in the local cache" if entry["cached"] else "not in the local cache: downloaded on first use"
             lines.append(f"{what} Hub {entry['repo_id']} ({cache})")
