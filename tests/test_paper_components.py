@@ -351,7 +351,7 @@ def test_four_modality_model_with_the_papers_audio_and_point_cloud_experts(tmp_p
     # The frozen BEATs is the released one, bit for bit, after a whole stage of training.
     assert all(torch.equal(v, encoder_before[k]) for k, v in stage.encoders["audio"].state_dict().items())
     # The code files travel with the checkpoint, BEATs' own included.
-    assert {"beats.py", "encoders.py", "connectors.py", "modeling_mera.py"} <= {p.name for p in output.glob("*.py")}
+    assert {"beats.py", "key_mapping.py", "encoders.py", "connectors.py"} <= {p.name for p in output.glob("*.py")}
 
     from modeling_mera import MeraProcessor
 
