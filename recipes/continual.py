@@ -6,11 +6,12 @@ Every stage of one continual-learning method, in one modality order, evaluated a
     mera continual --config recipes/configs/paper_sequential.yaml --data_root /data/mera --method mera
 
 Resumable: a killed run continues at its last finished stage (a finished stage is never re-trained), and within a
-stage after its merge. `--dry_run` lists each stage's data with counts and checks every media file, without
-loading a model. Any field of the YAML can be overridden on the command line (`--replay_ratio 1`,
-`--finetune_learning_rate 1e-4`, `--lora_r 64`). `--push_to_hub true --hub_model_id org/name` pushes each stage to
-the Hub branch `stage-i` as it finishes (see `trainers.hub`). Under several processes, evaluation splits the test
-set across them.
+stage after its merge. `--dry_run` lists each stage's data with counts and checks every media file, then lists the
+pretrained checkpoints the config names (language model, encoders, Q-Former init) and where each is expected, without
+loading a model; it exits with 1 when a data, media or local checkpoint file is missing. Any field of the YAML can be
+overridden on the command line (`--replay_ratio 1`, `--finetune_learning_rate 1e-4`, `--lora_r 64`).
+`--push_to_hub true --hub_model_id org/name` pushes each stage to the Hub branch `stage-i` as it finishes (see
+`trainers.hub`). Under several processes, evaluation splits the test set across them.
 """
 
 import sys
@@ -25,7 +26,10 @@ HELP = "run (or resume) every stage of one method, evaluated after every stage (
 
 @dataclass
 class ScriptArguments:
-    dry_run: bool = field(default=False, metadata={"help": "List the stages' data and check media; train nothing."})
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "List the stages' data and pretrained checkpoints, check their files exist; train nothing."},
+    )
 
 
 def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
@@ -36,24 +40,32 @@ def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
 
 
 def dry_run(config: ContinualConfig) -> dict:
-    """Per stage: its data sets with counts, and every missing data or media file (streamed; no model loaded)."""
+    """
+    Per stage: its data sets with counts, and every missing data or media file (streamed; no model loaded); under
+    "checkpoints", the pretrained checkpoints the config names and where each is expected.
+    """
     from trainers.continual import build_stage_plan
     from trainers.data.converters import dry_run_report
+    from trainers.pretrained import required_checkpoints
 
     stages = [
         {"stage": step.stage, "modality": step.spec.name, "train": step.train_files, "test": step.test_files}
         for step in build_stage_plan(config)
     ]
-    return dry_run_report(stages, config.data_root)
+    report = dry_run_report(stages, config.data_root)
+    report["checkpoints"] = required_checkpoints(config.language_model, config.modalities or [])
+    return report
 
 
 def main(config: ContinualConfig, script_args: ScriptArguments) -> int:
     if script_args.dry_run:
         from trainers.data.converters import format_dry_run_report
+        from trainers.pretrained import format_checkpoints, missing_checkpoints
 
         report = dry_run(config)
         print(format_dry_run_report(report))
-        return 0 if report["ok"] else 1
+        print(format_checkpoints(report["checkpoints"]))
+        return 0 if report["ok"] and not missing_checkpoints(report["checkpoints"]) else 1
     from trainers.continual import run_continual
 
     summary = run_continual(config)

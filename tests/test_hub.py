@@ -30,7 +30,8 @@ from trainers.hub import HubPushError, HubRevisionExistsError, plan_stage_upload
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_local_write_token"
 REPO = "org/mera-tiny"
-CODE = ["configuration_mera.py", "connectors.py", "encoders.py", "modeling_mera.py", "processing_mera.py"]
+CODE = ["beats.py", "configuration_mera.py", "connectors.py", "encoders.py", "key_mapping.py", "modeling_mera.py"]
+CODE += ["processing_mera.py"]
 COMMON = ["config.json", "generation_config.json", "processor_config.json", "chat_template.jinja", "stage.json"]
 COMMON += ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md", "scores.json", *CODE]
 STAGE_FILES = {"stage-1": sorted(COMMON), "stage-2": sorted(COMMON)}  # every modality's processor in one file

@@ -32,6 +32,7 @@ from .distributed import process_state
 from .evaluation.generation import evaluate_model
 from .evaluation.metrics import ScoreMatrix, format_report, summarize
 from .methods import get_method_plugins
+from .pretrained import missing_checkpoints, required_checkpoints
 from .settings import MODALITY_KEYS, ContinualConfig, ModalitySpec
 from .stage import check_runtime, run_stage
 
@@ -201,6 +202,12 @@ def run_continual(config: ContinualConfig) -> dict:
     check_runtime(config)  # e.g. load_in_4bit without CUDA: refused before anything is written
     _check_run_config(config, output_dir)
     get_method_plugins(config.method, config)  # an unknown method fails here, before any training
+    missing = missing_checkpoints(required_checkpoints(config.language_model, config.modalities or []))
+    if missing:  # a missing encoder file would otherwise stop the run at its stage, after the earlier ones
+        paths = ", ".join(entry["path"] for entry in missing)
+        raise FileNotFoundError(
+            f"pretrained checkpoint(s) not found: {paths} (docs/encoders.md says where to get them)"
+        )
     is_main = process_state().is_main_process
     stage_scores = []
     for step in tqdm(plan, desc=f"{config.method} stages", disable=not is_main):
