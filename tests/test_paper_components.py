@@ -332,12 +332,23 @@ def test_four_modality_model_with_the_papers_audio_and_point_cloud_experts(tmp_p
         feature_processor=waveform_extractor,
         options={"max_audio_seconds": 0.5},
     )
-    phase = {"per_device_train_batch_size": 4, "num_train_epochs": 1, "warmup_ratio": 0.0, "disable_tqdm": True}
+    phase = {"warmup_ratio": 0.0, "disable_tqdm": True}
     settings = StageSettings(
-        pretrain_args={**phase, "learning_rate": 1e-2},
-        finetune_args={**phase, "learning_rate": 5e-3, "connector_learning_rate": 1e-3},
-        realign_args={**phase, "learning_rate": 1e-3},
-        lora={"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
+        **{
+            f"{name}_{field}": value
+            for name in ("pretrain", "finetune", "realign")
+            for field, value in (("per_device_train_batch_size", 4), ("num_train_epochs", 1))
+        },
+        pretrain_learning_rate=1e-2,
+        finetune_learning_rate=5e-3,
+        finetune_connector_learning_rate=1e-3,
+        realign_learning_rate=1e-3,
+        pretrain_args=phase,
+        finetune_args=phase,
+        realign_args=phase,
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
         replay_ratio=25,
         seed=0,
     )
