@@ -3,11 +3,13 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_model, tiny_processor, toy_samples
+from conftest import build_tiny_model, tiny_image_processor, tiny_processor, tiny_tokenizer, toy_samples
 from test_stage import SPECS, tiny_settings
 
+from modeling_mera import MeraProcessor
 from trainers.data import MeraDataCollator, load_samples
 from trainers.data.conversations import assistant_spans, encode_conversation, encode_samples, render_conversation
 from trainers.data.converters import convert
@@ -158,33 +160,44 @@ def test_mllm_cl_domain_and_ability_folders_convert_as_downloaded(tmp_path):
 
 
 def chat_processor(model):
-    """The tiny processor with a chat template that marks the turns with words of the tiny vocabulary."""
-    processor = tiny_processor(model)
-    processor.tokenizer.chat_template = (
+    """The tiny processor over a tokenizer whose chat template marks the turns with words of the tiny vocabulary."""
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = (
         "{% for m in messages %}{% if m['role'] == 'user' %}the {{ m['content'] }} .{% else %} is {{ m['content'] }}"
         "</s>{% endif %}{% endfor %}{% if add_generation_prompt %} is{% endif %}"
     )
-    processor.use_chat_template = True
-    return processor
+    return MeraProcessor(tokenizer, model.config, {"image": tiny_image_processor()}, use_chat_template=True)
 
 
-def test_a_chat_template_renders_every_turn_and_the_assistant_turns_are_learnt():
+def test_conversations_are_rendered_with_the_processors_chat_template():
     model = build_tiny_model(("image",))
-    processor = chat_processor(model)
     messages = [{"role": turn["from"].replace("human", "user").replace("gpt", "assistant"), "content": turn["value"]}
                 for turn in THREE_TURNS[:4]]  # fmt: skip
-    pieces, templated = render_conversation(processor, messages)
-    assert templated and [trainable for _, trainable in pieces] == [False, True, False, True]
+    eos = tiny_tokenizer().eos_token_id
+    tokens = tiny_tokenizer()(["red", "a square"], add_special_tokens=False)["input_ids"]
+
+    # The LLM's chat template (use_chat_template): the assistant turns are what it adds after the generation prompt.
+    processor = chat_processor(model)
+    pieces = render_conversation(processor, messages)
+    assert [trainable for _, trainable in pieces] == [False, True, False, True]
     assert [text for text, trainable in pieces if trainable] == [" red</s>", " a square</s>"]
     ids, labels, counts = encode_conversation(processor, messages)
-    eos = processor.tokenizer.eos_token_id
-    assert counts == {"image": 1} and eos in ids
-    tokens = processor.tokenizer(["red", "a square"], add_special_tokens=False)["input_ids"]
+    assert counts == {"image": 1} and ids[0] == processor.tokenizer.bos_token_id, "BOS first, as the processor adds it"
     assert assistant_spans(labels) == [tokens[0] + [eos], tokens[1] + [eos]]
     # Generation is prompted with exactly what training saw before the answer.
     prompt, _, _ = encode_conversation(processor, messages[:3], add_generation_prompt=True)
-    first_answer = ids.index(tokens[1][0], ids.index(eos) + 1)
-    assert ids[:first_answer] == prompt
+    assert ids[: len(prompt)] == prompt and labels[len(prompt) :] == ids[len(prompt) :]
+
+    # The plain template of a base LLM: the turns as they are, each answer after a space and ended by EOS; one turn
+    # encodes as the processor's own prompt + answer call does.
+    processor = tiny_processor(model)
+    assert render_conversation(processor, messages[:2]) == [("<image>\nwhat color is it ?", False), (" red</s>", True)]
+    sample = {"id": "one", "modality": "image", "media": np.zeros((32, 32, 3), np.uint8), "messages": messages[:2]}
+    batch = encode_samples(processor, [sample])
+    reference = processor(["<image>\nwhat color is it ?"], media=[{"image": sample["media"]}], answers=["red"])
+    assert torch.equal(batch["input_ids"], reference["input_ids"]) and torch.equal(
+        batch["labels"], reference["labels"]
+    )
 
 
 @pytest.mark.parametrize(
