@@ -10,10 +10,12 @@ from conftest import build_tiny_model, tiny_image_processor, tiny_processor, tin
 from test_stage import SPECS, tiny_settings
 
 from modeling_mera import MeraProcessor
+from trainers.continual import build_stage_plan, check_method_fits_plan, run_continual
 from trainers.data import MeraDataCollator, load_samples
 from trainers.data.conversations import assistant_spans, encode_conversation, encode_samples, render_conversation
 from trainers.data.converters import convert
-from trainers.settings import ModalitySpec
+from trainers.methods import get_method_plugins
+from trainers.settings import ContinualConfig, ModalitySpec
 from trainers.sft import MeraSFTConfig, MeraSFTTrainer
 from trainers.stage import run_stage
 
@@ -226,3 +228,21 @@ def test_a_task_stage_keeps_the_modality_and_skips_connector_pretraining(tmp_pat
     info = json.loads((stage_2 / "stage.json").read_text())
     assert info["stage"] == 2 and info["tasks"] == ["image", "colours"] and info["modalities"] == ["image"]
     assert "skipped" in info["log"]["pretrain"] and info["log"]["finetune"]["samples"] == 3
+
+
+def test_eproj_refuses_a_task_on_a_learnt_modality_before_anything_is_written(tmp_path):
+    stages = [{"name": "image", "task": task, "train": f"{task}.jsonl", "test": f"{task}.jsonl"} for task in "ab"]
+    config = ContinualConfig(method="eproj", modalities=stages, output_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="cannot add a task on a modality learnt before .*'b' on 'image'"):
+        run_continual(config)
+    assert not (tmp_path / "run").exists()
+    one_stage = ContinualConfig(method="eproj", modalities=stages[:1], output_dir=str(tmp_path / "run"))
+    check_method_fits_plan(one_stage, build_stage_plan(one_stage))  # one stage: nothing refused
+    base = build_tiny_model(())
+    first = load_samples(toy_samples(tmp_path / "a", "image", 2))
+    stage_1 = run_stage(base, tiny_processor(base), SPECS["image"], first, tmp_path / "s1", plugins=[],
+                        settings=tiny_settings())  # fmt: skip
+    with pytest.raises(ValueError, match=r"plug-in\(s\) \['eproj'\] isolate what each modality learns"):
+        run_stage(stage_1, None, ModalitySpec("image", task="b"), first, tmp_path / "s2",
+                  plugins=get_method_plugins("eproj"), settings=tiny_settings())  # fmt: skip
+    assert not (tmp_path / "s2").exists()

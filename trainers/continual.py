@@ -28,8 +28,8 @@ from modeling_mera import MeraForCausalLM, MeraProcessor
 
 from .checkpoint import STAGE_INFO, is_finished_stage, load_stage
 from .data import load_samples
-from .distributed import process_state
 from .data.samples import read_sample_file
+from .distributed import process_state
 from .evaluation.generation import evaluate_model
 from .evaluation.metrics import ScoreMatrix, format_report, summarize
 from .methods import get_method_plugins
@@ -198,13 +198,10 @@ def push_to_hub(config: ContinualConfig, output_dir: Path):
         )
 
 
-def run_continual(config: ContinualConfig) -> dict:
-    """Run (or resume) every stage; returns the summary of `trainers.evaluation.metrics.summarize`."""
-    plan = build_stage_plan(config)
-    output_dir = Path(config.output_dir)
-    check_runtime(config)  # e.g. load_in_4bit without CUDA: refused before anything is written
-    _check_run_config(config, output_dir)
-    plugins = get_method_plugins(config.method, config)  # an unknown method fails here, before any training
+def check_method_fits_plan(config: ContinualConfig, plan: list[StagePlan]):
+    """The method exists, takes its `method_args`, and can run every stage of the plan (a stage that adds a task on
+    a modality learnt before is refused by methods that isolate per modality, e.g. EProj)."""
+    plugins = get_method_plugins(config.method, config)
     repeated = [step for step in plan if step.spec.name in {s.spec.name for s in plan if s.stage < step.stage}]
     refusing = [plugin.name for plugin in plugins if not plugin.supports_task_stages]
     if repeated and refusing:
@@ -213,6 +210,15 @@ def run_continual(config: ContinualConfig) -> dict:
             f"task {repeated[0].spec.task_name!r} on {repeated[0].spec.name!r}); its plug-ins {refusing} isolate "
             "what each modality learns. MR-LoRA isolates per task."
         )
+
+
+def run_continual(config: ContinualConfig) -> dict:
+    """Run (or resume) every stage; returns the summary of `trainers.evaluation.metrics.summarize`."""
+    plan = build_stage_plan(config)
+    check_method_fits_plan(config, plan)  # an unknown method or a stage it cannot run fails before any writing
+    output_dir = Path(config.output_dir)
+    check_runtime(config)  # e.g. load_in_4bit without CUDA: refused before anything is written
+    _check_run_config(config, output_dir)
     missing = missing_checkpoints(required_checkpoints(config.language_model, config.modalities or []))
     if missing:  # a missing encoder file would otherwise stop the run at its stage, after the earlier ones
         paths = ", ".join(entry["path"] for entry in missing)
