@@ -31,7 +31,8 @@ import yaml
 from trainers.settings import ContinualConfig
 
 HELP = (
-    "the offline four-modality benchmark: Fine-Tuning forgets, MERA keeps (CPU, minutes); --scenario domain: MLLM-CL's"
+    "the offline benchmarks on a CPU (minutes): four modalities, Fine-Tuning forgets and MERA keeps; with "
+    "--scenario domain, MLLM-CL's four image domains"
 )
 DEMO_CONFIGS = {
     "modality": Path(__file__).with_name("configs") / "demo.yaml",
