@@ -526,7 +526,7 @@ def plot_progressive_relative_gain(summaries: Sequence[dict], path: str | os.Pat
 
 def plot_accuracy_matrix(summaries: Sequence[dict], path: str | os.PathLike) -> Path:
     """Two panels: the mean score over the test sets learnt so far after each stage (one line per method), and the
-    final score of every test set (one bar per method, the experts' scores as a dashed outline when known)."""
+    final score of every test set (one bar per method)."""
     from matplotlib.figure import Figure
 
     if not summaries:
