@@ -451,13 +451,14 @@ class MeraProcessor(ProcessorMixin):
                 )
             items_by_modality[name] = items
 
-        batch = MeraBatch(self._pad(sequences, label_sequences if answer_list is not None else None, padding_side))
+        batch = MeraBatch(self.pad(sequences, label_sequences if answer_list is not None else None, padding_side))
         batch["modality_inputs"] = {
             name: self.prepare_modality(name, items, sampling_rate) for name, items in items_by_modality.items()
         }
         return batch
 
-    def _pad(self, sequences: list[list[int]], labels: list[list[int]] | None, padding_side: str) -> dict:
+    def pad(self, sequences: list[list[int]], labels: list[list[int]] | None, padding_side: str) -> dict:
+        """Pad token id sequences (and their labels, with -100) to one length: `input_ids`, `attention_mask`."""
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
             pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0

@@ -44,13 +44,15 @@ def dry_run(config: ContinualConfig) -> dict:
     Per stage: its data sets with counts, and every missing data or media file (streamed; no model loaded); under
     "checkpoints", the pretrained checkpoints the config names and where each is expected.
     """
-    from trainers.continual import build_stage_plan
+    from trainers.continual import build_stage_plan, check_method_fits_plan
     from trainers.data.converters import dry_run_report
     from trainers.pretrained import required_checkpoints
 
+    plan = build_stage_plan(config)
+    check_method_fits_plan(config, plan)
     stages = [
         {"stage": step.stage, "modality": step.spec.name, "train": step.train_files, "test": step.test_files}
-        for step in build_stage_plan(config)
+        for step in plan
     ]
     report = dry_run_report(stages, config.data_root)
     report["checkpoints"] = required_checkpoints(config.language_model, config.modalities or [])
@@ -69,7 +71,11 @@ def main(config: ContinualConfig, script_args: ScriptArguments) -> int:
     from trainers.continual import run_continual
 
     summary = run_continual(config)
-    print(f"mean Backward Relative Gain {summary['backward_mean']:.2f}%; results in {config.output_dir}")
+    accuracy = summary["accuracy_matrix"]
+    relative_gain = (
+        f"mean Backward Relative Gain {summary['backward_mean']:.2f}%; " if summary["backward_mean"] else ""
+    )
+    print(f"{relative_gain}final average {accuracy['final_average']:.4f}; results in {config.output_dir}")
     return 0
 
 

@@ -26,8 +26,9 @@ from transformers import AutoTokenizer
 
 from modeling_mera import MeraForCausalLM, MeraProcessor
 
-from .checkpoint import is_finished_stage, load_stage
+from .checkpoint import STAGE_INFO, is_finished_stage, load_stage
 from .data import load_samples
+from .data.samples import read_sample_file
 from .distributed import process_state
 from .evaluation.generation import evaluate_model
 from .evaluation.metrics import ScoreMatrix, format_report, summarize
@@ -54,9 +55,9 @@ def build_stage_plan(config: ContinualConfig) -> list[StagePlan]:
     modalities = list(config.modalities)
     if config.order == "reverse":
         modalities.reverse()
-    names = [modality["name"] for modality in modalities]
+    names = [modality.get("task") or modality["name"] for modality in modalities]
     if len(set(names)) != len(names):
-        raise ValueError(f"modality names must be unique, got {names}")
+        raise ValueError(f"the stages' tasks (a stage's modality when it names no task) must differ, got {names}")
     root = Path(config.data_root)
     plan = []
     for stage, modality in enumerate(modalities, start=1):
@@ -97,13 +98,13 @@ def load_stage_data(files: list[Path], limit: int | None = None, seed: int = 0):
 
 
 def dataset_names(files: list[Path]) -> list[str]:
+    """The data sets the files' samples are scored in, in order of first appearance (a file's name without one)."""
     names = []
     for path in files:
-        for line in path.read_text().splitlines():
-            if line.strip():
-                name = json.loads(line).get("dataset") or path.stem
-                if name not in names:
-                    names.append(name)
+        rows = read_sample_file(path)
+        for name in rows["dataset"] if "dataset" in rows.column_names else [None]:
+            if (name or path.stem) not in names:
+                names.append(name or path.stem)
     return names
 
 
@@ -148,7 +149,8 @@ def evaluate_stage(config: ContinualConfig, stage_dir: Path, plan: list[StagePla
         return json.loads(output_file.read_text())["scores"]
     model, processor, _ = load_stage(stage_dir)
     model.to(process_state().device).eval()  # each process generates its share of the batches on its own device
-    learnt = [step for step in plan if step.spec.name in model.modalities]
+    stage = json.loads((stage_dir / STAGE_INFO).read_text()).get("stage", len(model.modalities))
+    learnt = [step for step in plan if step.stage <= stage]
     samples = []
     for step in learnt:
         samples.extend(load_stage_data(step.test_files, config.test_limit, config.seed))
@@ -170,15 +172,16 @@ def train_experts(config: ContinualConfig, plan: list[StagePlan]) -> dict[str, f
     experts_dir = Path(config.experts_dir or Path(config.output_dir) / "experts")
     scores = {}
     for step in tqdm(plan, desc="experts", disable=not process_state().is_main_process):
-        expert_dir = experts_dir / step.spec.name
+        task = step.spec.task_name
+        expert_dir = experts_dir / task
         if not is_finished_stage(expert_dir):
             if not config.train_experts:
-                raise FileNotFoundError(f"no expert for {step.spec.name!r} in {expert_dir} and train_experts is off")
+                raise FileNotFoundError(f"no expert for {task!r} in {expert_dir} and train_experts is off")
             model, processor = base_model_and_processor(config)
             train = load_stage_data(step.train_files)
             run_stage(model, processor, step.spec, train, expert_dir, plugins=[], settings=config.stage_settings())
         expert_plan = [StagePlan(1, step.spec, step.train_files, step.test_files)]
-        scores.update(evaluate_stage(config, expert_dir, expert_plan, experts_dir / "eval" / f"{step.spec.name}.json"))
+        scores.update(evaluate_stage(config, expert_dir, expert_plan, experts_dir / "eval" / f"{task}.json"))
     return scores
 
 
@@ -195,13 +198,27 @@ def push_to_hub(config: ContinualConfig, output_dir: Path):
         )
 
 
+def check_method_fits_plan(config: ContinualConfig, plan: list[StagePlan]):
+    """The method exists, takes its `method_args`, and can run every stage of the plan (a stage that adds a task on
+    a modality learnt before is refused by methods that isolate per modality, e.g. EProj)."""
+    plugins = get_method_plugins(config.method, config)
+    repeated = [step for step in plan if step.spec.name in {s.spec.name for s in plan if s.stage < step.stage}]
+    refusing = [plugin.name for plugin in plugins if not plugin.supports_task_stages]
+    if repeated and refusing:
+        raise ValueError(
+            f"method {config.method!r} cannot add a task on a modality learnt before (stage {repeated[0].stage}: "
+            f"task {repeated[0].spec.task_name!r} on {repeated[0].spec.name!r}); its plug-ins {refusing} isolate "
+            "what each modality learns. MR-LoRA isolates per task."
+        )
+
+
 def run_continual(config: ContinualConfig) -> dict:
     """Run (or resume) every stage; returns the summary of `trainers.evaluation.metrics.summarize`."""
     plan = build_stage_plan(config)
+    check_method_fits_plan(config, plan)  # an unknown method or a stage it cannot run fails before any writing
     output_dir = Path(config.output_dir)
     check_runtime(config)  # e.g. load_in_4bit without CUDA: refused before anything is written
     _check_run_config(config, output_dir)
-    get_method_plugins(config.method, config)  # an unknown method fails here, before any training
     missing = missing_checkpoints(required_checkpoints(config.language_model, config.modalities or []))
     if missing:  # a missing encoder file would otherwise stop the run at its stage, after the earlier ones
         paths = ", ".join(entry["path"] for entry in missing)
@@ -224,9 +241,13 @@ def run_continual(config: ContinualConfig) -> dict:
         if config.push_to_hub and is_main:
             push_to_hub(config, output_dir)
     experts = train_experts(config, plan)
+    tasks = any(step.spec.task for step in plan)  # MLLM-CL's setting: the matrix lists each stage's task
     scores = {
         "method": config.method,
-        "modalities": [{"name": s.spec.name, "datasets": dataset_names(s.test_files)} for s in plan],
+        "tasks" if tasks else "modalities": [
+            {"name": s.spec.task_name, **({"modality": s.spec.name} if tasks else {}), "datasets": names}
+            for s, names in ((s, dataset_names(s.test_files)) for s in plan)
+        ],
         "experts": experts,
         "stages": stage_scores,
     }

@@ -35,14 +35,14 @@ import torch
 from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
-from ..data import TASKS, prompt_with_placeholder, read_media
+from ..data import TASKS, encode_samples
 from ..distributed import process_state
 from .cider import score_captions
 from .judges import Judge, get_judge, score_qa
 
 __all__ = ["generate_predictions", "score_predictions", "evaluate_model"]
 
-REQUIRED_FIELDS = ("modality", "media", "prompt", "answer", "task", "dataset")
+REQUIRED_FIELDS = ("prompt", "answer", "task", "dataset")
 
 
 def _check_samples(samples: Sequence[dict], modalities: Iterable[str] | None = None) -> None:
@@ -54,7 +54,9 @@ def _check_samples(samples: Sequence[dict], modalities: Iterable[str] | None = N
             raise ValueError(f"{where}: missing field(s) {missing}; a test sample needs {list(REQUIRED_FIELDS)}.")
         if sample["task"] not in TASKS:
             raise ValueError(f"{where}: 'task' must be one of {TASKS}, got {sample['task']!r}.")
-        if known is not None and sample["modality"] not in known:
+        if sample.get("media") is not None and not sample.get("modality"):
+            raise ValueError(f"{where}: a sample with media needs its 'modality'.")
+        if known is not None and sample.get("media") is not None and sample["modality"] not in known:
             raise ValueError(f"{where}: modality {sample['modality']!r} is not in the model (it has {sorted(known)}).")
 
 
@@ -70,23 +72,17 @@ def generate_predictions(
 ) -> list[str]:
     """Greedy answers of `model` to every sample, in the order of `samples`.
 
-    Samples are batched per modality (one encoder per batch), prompts are left-padded so that generation continues
-    right after each prompt, and only the newly generated tokens are decoded. `generate_kwargs` go to
-    `model.generate` (greedy decoding unless they say otherwise). Under several processes, each generates every
-    n-th batch and every process returns all the predictions.
+    Samples are batched per modality (one encoder per batch; text-only samples together), each is asked its
+    conversation up to the last user turn, prompts are left-padded so that generation continues right after each
+    prompt, and only the newly generated tokens are decoded. `generate_kwargs` go to `model.generate` (greedy
+    decoding unless they say otherwise). Under several processes, each generates every n-th batch and every process
+    returns all the predictions.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     samples = list(samples)
     _check_samples(samples, model.config.modalities)
-    by_modality: dict[str, list[int]] = {}
-    for index, sample in enumerate(samples):
-        by_modality.setdefault(sample["modality"], []).append(index)
-    batches = [
-        indices[start : start + batch_size]
-        for indices in by_modality.values()
-        for start in range(0, len(indices), batch_size)
-    ]
+    batches = generation_batches(samples, batch_size)
     tokenizer = processor.tokenizer
     generate_kwargs = {"do_sample": False, "num_beams": 1, **generate_kwargs}
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -100,12 +96,7 @@ def generate_predictions(
     try:
         for batch_indices in tqdm(own_batches, desc="generating", disable=not (progress and state.is_main_process)):
             batch_samples = [samples[i] for i in batch_indices]
-            kinds = [processor.config.modalities[s["modality"]]["kind"] for s in batch_samples]
-            batch = processor(
-                [prompt_with_placeholder(processor.config, s) for s in batch_samples],
-                media=[{s["modality"]: read_media(s["media"], kind)} for s, kind in zip(batch_samples, kinds)],
-                padding_side="left",
-            ).to(model.device)
+            batch = encode_samples(processor, batch_samples, "left", for_generation=True).to(model.device)
             output = model.generate(**batch, max_new_tokens=max_new_tokens, **generate_kwargs)
             new_tokens = output[:, batch["input_ids"].shape[1] :]
             texts = processor.batch_decode(new_tokens, skip_special_tokens=True)
@@ -117,6 +108,18 @@ def generate_predictions(
     for index, text in gathered:
         predictions[index] = text
     return predictions
+
+
+def generation_batches(samples: Sequence[dict], batch_size: int) -> list[list[int]]:
+    """The sample indices of each generation batch: samples grouped by modality (text-only ones together)."""
+    by_modality: dict[str | None, list[int]] = {}
+    for index, sample in enumerate(samples):
+        by_modality.setdefault(sample["modality"] if sample.get("media") is not None else None, []).append(index)
+    return [
+        indices[start : start + batch_size]
+        for indices in by_modality.values()
+        for start in range(0, len(indices), batch_size)
+    ]
 
 
 def score_predictions(samples: Sequence[dict], predictions: Sequence[str], judge: Judge | str | None = None) -> dict:
@@ -144,7 +147,7 @@ def score_predictions(samples: Sequence[dict], predictions: Sequence[str], judge
     scores, details = {}, {}
     for dataset, indices in groups.items():
         tasks = {samples[i]["task"] for i in indices}
-        modalities = {samples[i]["modality"] for i in indices}
+        modalities = {samples[i]["modality"] for i in indices if samples[i].get("media") is not None} or {None}
         if len(tasks) > 1 or len(modalities) > 1:
             raise ValueError(
                 f"dataset {dataset!r} mixes tasks {sorted(tasks)} and/or modalities {sorted(modalities)}; one "
@@ -197,7 +200,7 @@ def evaluate_model(
     outcome = [None]
     if state.is_main_process:
         try:
-            outcome[0] = _scored_result(model, samples, predictions, judge, output_file)
+            outcome[0] = _scored_result(model, samples, predictions, judge, output_file, batch_size)
         except Exception as error:  # shared, so that no process waits forever for a result that never comes
             outcome[0] = error
     if state.num_processes > 1:
@@ -207,10 +210,13 @@ def evaluate_model(
     return outcome[0]
 
 
-def _scored_result(model, samples: list[dict], predictions: list[str], judge, output_file) -> dict:
+def _scored_result(model, samples: list[dict], predictions: list[str], judge, output_file, batch_size: int) -> dict:
     result = score_predictions(samples, predictions, judge)
     if hasattr(model, "routing_summary"):
-        result["routing"] = model.routing_summary()
+        # The routing log's order: each process's batches in turn (as gathered), each batch's samples in order.
+        batches, processes = generation_batches(samples, batch_size), process_state().num_processes
+        order = [index for rank in range(processes) for batch in batches[rank::processes] for index in batch]
+        result["routing"] = model.routing_summary([model.expected_expert(samples[index]) for index in order])
     result["predictions"] = [
         {
             "id": sample.get("id", str(index)),

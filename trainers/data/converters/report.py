@@ -1,41 +1,36 @@
 """Streaming reads of converted sample files and the dry-run report of a continual run's stages."""
 
-import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ..samples import _normalize_row
+import datasets
+
+from ..samples import sample_from_row
 
 
 def stream_samples(path: str | os.PathLike, media_root: str | os.PathLike | None = None) -> Iterator[dict]:
     """
     The samples of a JSONL (or JSON list) file one at a time, normalised as `trainers.data.load_samples` does
-    (relative media resolved against `media_root`, by default the file's folder) but never all in memory.
-    To train on files too large for memory: `datasets.IterableDataset.from_generator(stream_samples,
-    gen_kwargs={"path": path})`.
+    (relative media resolved against `media_root`, by default the file's folder) but never all in memory: the file
+    is streamed by `datasets` (`load_dataset("json", streaming=True)`), as `load_samples` reads it whole.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sample file not found: {path}")
     root = Path(media_root) if media_root is not None else path.parent
-    if path.suffix != ".jsonl":
-        with open(path, encoding="utf-8") as handle:
-            rows = json.load(handle)
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a JSON list of samples (or a .jsonl file), got {type(rows).__name__}")
-        for number, row in enumerate(rows, start=1):
-            yield _normalize_row(dict(row), f"{path}, row {number}", root, {})
-        return
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg})") from error
-            yield _normalize_row(row, f"{path}, line {number}", root, {})
+    rows = iter(datasets.load_dataset("json", data_files=str(path), split="train", streaming=True))
+    number = 0
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as error:  # the JSON reader's error, wrapped by datasets
+            cause = error.__cause__ or error
+            raise ValueError(f"{path}: cannot be read as sample rows ({type(cause).__name__}: {cause})") from error
+        number += 1
+        yield sample_from_row(row, f"{path}, row {number}", root, {})
 
 
 def _file_report(path: Path, known: dict[str, bool], missing: list[str], limit: int) -> dict:
@@ -55,10 +50,6 @@ def _file_report(path: Path, known: dict[str, bool], missing: list[str], limit: 
                     missing_count += 1
                     if len(missing) < limit:
                         missing.append(f"{media} (sample {item['id']}, {path})")
-        elif media is None:
-            missing_count += 1
-            if len(missing) < limit:
-                missing.append(f"sample {item['id']} in {path}: no media")
     return {"file": str(path), "samples": samples, "datasets": datasets, "missing_media": missing_count}
 
 
