@@ -35,6 +35,7 @@ setup(
         "tokenizers>=0.23.1",  # the demo trains its own word-level tokenizer
         "numpy>=1.26",
         "pillow>=9",  # images: the processor, the data readers and the demo's renderer
+        "soxr>=0.5",  # audio resampling, as transformers' audio_utils does it
         "pyyaml>=6.0.1",
         "tqdm>=4.66.3",
         "matplotlib",

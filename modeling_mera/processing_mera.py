@@ -85,12 +85,21 @@ class MeraBatch(BatchFeature):
 
 
 def resample(waveform: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
-    """Band-limited (FFT) resampling: truncating the spectrum is the ideal low-pass that avoids aliasing."""
+    """Resample a mono waveform with soxr (high quality), as transformers' own audio loading does.
+
+    soxr is needed only when a clip's rate differs from the feature extractor's; mera-mcl declares it, and a model
+    loaded from the Hub without mera-mcl asks for it then. (Inside `try` so that transformers' remote-code import
+    check does not demand it of every user.)
+    """
     if orig_rate == target_rate:
         return waveform
-    num_out = max(1, round(len(waveform) * target_rate / orig_rate))
-    spectrum = np.fft.rfft(waveform)
-    return (np.fft.irfft(spectrum, n=num_out) * (num_out / len(waveform))).astype(np.float32)
+    try:
+        import soxr
+    except ImportError:
+        raise ImportError(
+            f"Resampling audio from {orig_rate} Hz to {target_rate} Hz needs the `soxr` package: pip install soxr"
+        ) from None
+    return soxr.resample(np.asarray(waveform, dtype=np.float32), orig_rate, target_rate, quality="HQ")
 
 
 def normalize_point_cloud(points: np.ndarray, num_points: int, rng: np.random.Generator) -> np.ndarray:
