@@ -73,3 +73,19 @@ def test_verbose_training_keeps_the_libraries_output(tmp_path, capfd, restore_co
     train_tiny(tmp_path, steps=2)
     captured = capfd.readouterr()
     assert "{'loss'" in captured.out + captured.err
+
+
+def test_wrapping_with_peft_warns_nothing():
+    """PEFT reads `is_gradient_checkpointing`, which transformers deprecated: the model answers it quietly."""
+    import warnings
+
+    from conftest import build_tiny_model
+    from peft import LoraConfig, get_peft_model
+
+    model = build_tiny_model(("image",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert peft_model.is_gradient_checkpointing is False
+    model.model.language_model.activation_checkpointing_enable()
+    assert model.is_gradient_checkpointing is True

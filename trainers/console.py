@@ -29,7 +29,8 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 __all__ = ["configure", "is_quiet", "context", "label", "progress", "install", "StageProgressCallback"]
 
 _FIELDS = ("stage", "stages", "modality", "phase", "method")
-_context: contextvars.ContextVar[dict] = contextvars.ContextVar("mera_console_context", default={})
+# The fields set so far as (name, value) pairs, later ones winning; a tuple, so that no caller can mutate it.
+_context: contextvars.ContextVar[tuple] = contextvars.ContextVar("mera_console_context", default=())
 _quiet = False
 
 
@@ -62,7 +63,7 @@ def context(**fields):
     unknown = set(fields) - set(_FIELDS)
     if unknown:
         raise ValueError(f"unknown console label field(s) {sorted(unknown)}; known: {list(_FIELDS)}")
-    token = _context.set({**_context.get(), **fields})
+    token = _context.set((*_context.get(), *fields.items()))
     try:
         yield
     finally:
@@ -71,7 +72,7 @@ def context(**fields):
 
 def label(**fields) -> str:
     """`stage 2/4 · video · fine-tune · mera` from the current context, `fields` on top; missing parts are left out."""
-    values = {**_context.get(), **fields}
+    values = {**dict(_context.get()), **fields}
     parts = []
     if values.get("stage") is not None:
         stages = values.get("stages")
