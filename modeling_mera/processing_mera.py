@@ -85,7 +85,7 @@ class MeraBatch(BatchFeature):
 
 
 def resample(waveform: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
-    """Resample a mono waveform with soxr (high quality), as transformers' own audio loading does.
+    """Resample a mono waveform with soxr (high quality), as transformers' own audio loading does (its `audio` extra).
 
     soxr is needed only when a clip's rate differs from the feature extractor's; mera-mcl declares it, and a model
     loaded from the Hub without mera-mcl asks for it then. (Inside `try` so that transformers' remote-code import
