@@ -44,3 +44,70 @@ def test_downsampling_removes_tones_above_the_new_nyquist_frequency(source_rate)
 def test_same_rate_is_returned_untouched():
     waveform = np.arange(5, dtype=np.float32)
     assert resample(waveform, 16000, 16000) is waveform
+
+
+# --- video: only the kept frames are decoded ---------------------------------------------------------------------
+
+
+def write_numbered_video(path, frames: int = 120, key_frame_every: int = 12, size: int = 32):
+    """An MPEG-4 clip whose frame i is a flat colour that encodes i, with a key frame every `key_frame_every`."""
+    av = pytest.importorskip("av", reason="decoding video files needs PyAV (the video/test extras)")
+    with av.open(str(path), "w") as container:
+        # No extra key frames at "scene changes" (every frame changes colour): one key frame per group.
+        stream = container.add_stream("mpeg4", rate=25, options={"sc_threshold": "1000000000"})
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = key_frame_every
+        for index in range(frames):
+            image = np.zeros((size, size, 3), np.uint8)
+            image[..., 0], image[..., 1] = 2 * index, 255 - 2 * index
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+class CountingContainer:
+    """Wraps a PyAV container to count the frames its decoder produces (PyAV's classes cannot be patched)."""
+
+    decoded = 0
+
+    def __init__(self, container):
+        self._container = container
+
+    def __getattr__(self, name):
+        return getattr(self._container, name)
+
+    def __enter__(self):
+        self._container.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._container.__exit__(*exc)
+
+    def decode(self, *args, **kwargs):
+        for frame in self._container.decode(*args, **kwargs):
+            CountingContainer.decoded += 1
+            yield frame
+
+
+def test_reading_a_few_frames_decodes_only_near_them(tmp_path, monkeypatch):
+    import av
+
+    from trainers.data import read_video
+
+    path = tmp_path / "clip.mp4"
+    write_numbered_video(path)
+    every_frame = read_video(str(path))
+    assert every_frame.shape == (120, 32, 32, 3)
+
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *args, **kwargs: CountingContainer(real_open(*args, **kwargs)))
+    CountingContainer.decoded = 0
+    four = read_video(str(path), num_frames=4)
+    # The same frames as decoding everything and keeping 4 evenly spread ones (0, 40, 79, 119), as the processor does.
+    expected = every_frame[np.linspace(0, 119, 4).round().astype(int)]
+    np.testing.assert_array_equal(four, expected)
+    assert np.abs(four[:, 0, 0, 0].astype(int) - 2 * np.array([0, 40, 79, 119])).max() <= 4  # the colours say so
+    # Each kept frame costs the frames from the key frame before it (1 + 5 + 8 + 12 = 26 here), not all 120.
+    assert 4 <= CountingContainer.decoded <= 4 * 12, CountingContainer.decoded
