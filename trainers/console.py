@@ -91,7 +91,7 @@ def progress(iterable=None, phase: str | None = None, **kwargs):
     """A tqdm bar labelled with the current context (and `phase`), shown on the main process only; it stays on
     screen when done, as the phase's one line."""
     kwargs.setdefault("desc", label(**({"phase": phase} if phase else {})))
-    kwargs.setdefault("disable", not _is_main_process())
+    kwargs["disable"] = kwargs.get("disable", False) or not _is_main_process()
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
 

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
-from tqdm.auto import tqdm
 
+from .. import console
 from ..data import TASKS, encode_samples
 from ..distributed import process_state
 from .cider_d import CiderD
@@ -99,7 +99,9 @@ def generate_predictions(
     own_batches = batches[state.process_index :: state.num_processes]
     own_predictions: list[tuple[int, str]] = []
     try:
-        for batch_indices in tqdm(own_batches, desc="generating", disable=not (progress and state.is_main_process)):
+        for batch_indices in console.progress(
+            own_batches, phase="evaluate", unit="batch", disable=not (progress and state.is_main_process)
+        ):
             batch_samples = [samples[i] for i in batch_indices]
             batch = encode_samples(processor, batch_samples, "left", for_generation=True).to(model.device)
             output = model.generate(**batch, max_new_tokens=max_new_tokens, **generate_kwargs)
