@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import transformers
 from transformers import BatchFeature, ProcessorMixin
 from transformers.audio_utils import load_audio
 from transformers.image_utils import load_image
+from transformers.utils import is_torchvision_available
 from transformers.video_utils import load_video
 
 from .configuration_mera import MODALITY_KINDS, MeraConfig, MeraModalityConfig
@@ -521,6 +523,13 @@ def _feature_processor_from_dict(name: str, settings: dict) -> Any:
             f"modality_processors[{name!r}] needs an 'image_processor_type' or 'feature_extractor_type', got keys "
             f"{sorted(settings)}"
         )
+    if "image_processor_type" in settings and not is_torchvision_available():
+        # transformers saves an image processor under its torchvision class name even when the PIL class
+        # (`CLIPImageProcessorPil`) was used; without torchvision, load that PIL class (else transformers falls back
+        # to it with a warning).
+        pil_class = getattr(transformers, f"{class_name}Pil", None)
+        if pil_class is not None:
+            return pil_class.from_dict(settings)
     return ProcessorMixin.get_possibly_dynamic_module(class_name).from_dict(settings)
 
 
