@@ -45,6 +45,7 @@ setup(
         "test": ["pytest>=8", "ruff>=0.6", "openai>=1.40", "pycocoevalcap>=1.2", "av>=12", "packaging"],
         "eval": ["openai>=1.40"],  # the `gpt` judge (any OpenAI-compatible server)
         "quant": ["bitsandbytes>=0.45"],
+        "deepspeed": ["deepspeed>=0.18.6"],  # ZeRO-3 launches (recipes/accelerate/zero*.yaml); trl 1.16's floor
         "video": ["av>=12"],  # decoding video files (MSVD clips) into frames
     },
     entry_points={"console_scripts": ["mera=recipes.cli:main"]},
