@@ -45,6 +45,12 @@ class MeraPreTrainedModel(PreTrainedModel):
         # place over loaded weights; this `_init_weights` only uses the flag-respecting `init` functions.
         super()._initialize_weights(module, is_custom_code=False)
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        # PEFT 0.21 reads this alias, deprecated in transformers 5.24, whenever it wraps a model; answer it with the
+        # current name so that every LoRA stage does not print a FutureWarning.
+        return self.is_activation_checkpointing
+
 
 class MeraModel(MeraPreTrainedModel):
     """

@@ -30,6 +30,10 @@ class ScriptArguments:
         default=False,
         metadata={"help": "List the stages' data and pretrained checkpoints, check their files exist; train nothing."},
     )
+    verbose: bool = field(
+        default=False,
+        metadata={"help": "Also the libraries' progress bars and the trainers' metrics at every logging step."},
+    )
 
 
 def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
@@ -68,8 +72,10 @@ def main(config: ContinualConfig, script_args: ScriptArguments) -> int:
         print(format_dry_run_report(report))
         print(format_checkpoints(report["checkpoints"]))
         return 0 if report["ok"] and not missing_checkpoints(report["checkpoints"]) else 1
+    from trainers import console
     from trainers.continual import run_continual
 
+    console.configure(verbose=script_args.verbose)
     summary = run_continual(config)
     accuracy = summary["accuracy_matrix"]
     relative_gain = (

@@ -345,3 +345,16 @@ def test_mera_push_command(published, tmp_path, capsys):
         assert f"{hub.url}/org/cli/tree/stage-2" in result.stdout and TOKEN not in result.stdout + result.stderr
         assert hub.repos["org/cli"].private and set(hub.repos["org/cli"].branches) == {"main", "stage-2"}
         assert sorted(set(hub.files("org/cli", "stage-2")) - {".gitattributes"}) == STAGE_FILES["stage-2"]
+
+
+def test_a_smoke_test_runs_card_says_so(published, tmp_path):
+    from trainers.hub.card import render_model_card, stage_score_matrix
+
+    run = tmp_path / "run"
+    shutil.copytree(published["run"], run)
+    run_config = json.loads((run / "run_config.json").read_text())
+    assert "Smoke test" not in render_model_card(run, 2, REPO).text
+    (run / "run_config.json").write_text(json.dumps({**run_config, "smoke_test": True}))
+    card = render_model_card(run, 2, REPO)
+    assert "> **Smoke test — figures are not meaningful.**" in card.text and "smoke-test" in card.data.tags
+    assert stage_score_matrix(run, 2)["smoke_test"] is True

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 from datasets import concatenate_datasets
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from modeling_mera import MeraForCausalLM, MeraProcessor
 
+from . import console
 from .checkpoint import STAGE_INFO, is_finished_stage, load_stage
 from .data import load_samples
 from .data.samples import read_sample_file
@@ -171,17 +171,19 @@ def train_experts(config: ContinualConfig, plan: list[StagePlan]) -> dict[str, f
     """Each modality trained alone from the base LM (fine-tuning, no merge or realign) and scored on its tests."""
     experts_dir = Path(config.experts_dir or Path(config.output_dir) / "experts")
     scores = {}
-    for step in tqdm(plan, desc="experts", disable=not process_state().is_main_process):
-        task = step.spec.task_name
-        expert_dir = experts_dir / task
-        if not is_finished_stage(expert_dir):
-            if not config.train_experts:
-                raise FileNotFoundError(f"no expert for {task!r} in {expert_dir} and train_experts is off")
-            model, processor = base_model_and_processor(config)
-            train = load_stage_data(step.train_files)
-            run_stage(model, processor, step.spec, train, expert_dir, plugins=[], settings=config.stage_settings())
-        expert_plan = [StagePlan(1, step.spec, step.train_files, step.test_files)]
-        scores.update(evaluate_stage(config, expert_dir, expert_plan, experts_dir / "eval" / f"{task}.json"))
+    for step in plan:
+        # An expert learns its modality alone: its console lines name no stage ("video · fine-tune · expert").
+        with console.context(stage=None, stages=None, modality=step.spec.name, method="expert"):
+            task = step.spec.task_name
+            expert_dir = experts_dir / task
+            if not is_finished_stage(expert_dir):
+                if not config.train_experts:
+                    raise FileNotFoundError(f"no expert for {task!r} in {expert_dir} and train_experts is off")
+                model, processor = base_model_and_processor(config)
+                train = load_stage_data(step.train_files)
+                run_stage(model, processor, step.spec, train, expert_dir, plugins=[], settings=config.stage_settings())
+            expert_plan = [StagePlan(1, step.spec, step.train_files, step.test_files)]
+            scores.update(evaluate_stage(config, expert_dir, expert_plan, experts_dir / "eval" / f"{task}.json"))
     return scores
 
 
@@ -227,17 +229,21 @@ def run_continual(config: ContinualConfig) -> dict:
         )
     is_main = process_state().is_main_process
     stage_scores = []
-    for step in tqdm(plan, desc=f"{config.method} stages", disable=not is_main):
-        stage_dir = output_dir / f"stage-{step.stage}"
-        if not is_finished_stage(stage_dir):
-            if step.stage == 1:
-                previous, processor = base_model_and_processor(config)
-            else:
-                previous, processor = output_dir / f"stage-{step.stage - 1}", None
-            train = load_stage_data(step.train_files)
-            plugins = get_method_plugins(config.method, config)
-            run_stage(previous, processor, step.spec, train, stage_dir, step.stage, plugins, config.stage_settings())
-        stage_scores.append(evaluate_stage(config, stage_dir, plan, output_dir / "eval" / f"stage-{step.stage}.json"))
+    for step in plan:
+        # Every line the stage prints says where the run is: "stage 2/4 · video · fine-tune · mera".
+        with console.context(stage=step.stage, stages=len(plan), modality=step.spec.name, method=config.method):
+            stage_dir = output_dir / f"stage-{step.stage}"
+            if not is_finished_stage(stage_dir):
+                if step.stage == 1:
+                    previous, processor = base_model_and_processor(config)
+                else:
+                    previous, processor = output_dir / f"stage-{step.stage - 1}", None
+                train = load_stage_data(step.train_files)
+                plugins = get_method_plugins(config.method, config)
+                settings = config.stage_settings()
+                run_stage(previous, processor, step.spec, train, stage_dir, step.stage, plugins, settings)
+            eval_file = output_dir / "eval" / f"stage-{step.stage}.json"
+            stage_scores.append(evaluate_stage(config, stage_dir, plan, eval_file))
         if config.push_to_hub and is_main:
             push_to_hub(config, output_dir)
     experts = train_experts(config, plan)
@@ -250,6 +256,7 @@ def run_continual(config: ContinualConfig) -> dict:
         ],
         "experts": experts,
         "stages": stage_scores,
+        **({"smoke_test": True} if config.smoke_test else {}),
     }
     # The raw scores are written first: they stay useful even where a Relative Gain cannot be computed.
     if is_main:

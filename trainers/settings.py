@@ -255,6 +255,14 @@ class ContinualConfig(StageSettings):
     max_new_tokens: int = field(default=32, metadata={"help": "Tokens generated per test answer."})
     test_limit: int | None = field(default=None, metadata={"help": "Evaluate at most this many samples per file."})
     train_experts: bool = field(default=True, metadata={"help": "Train missing single-modality experts."})
+    smoke_test: bool = field(
+        default=False,
+        metadata={
+            "help": "A run that only checks that every step works (tiny data, short training): its score matrix, "
+            "reports, plots and model cards say 'smoke test — figures are not meaningful'. `mera demo --quick` sets "
+            "it."
+        },
+    )
     push_to_hub: bool = field(
         default=False,
         metadata={

@@ -30,6 +30,7 @@ from transformers import set_seed
 
 from modeling_mera import MeraForCausalLM, MeraProcessor
 
+from . import console
 from .checkpoint import (
     PLUGIN_DIR,
     STAGE_INFO,
@@ -72,7 +73,8 @@ def _call(plugins: list[StagePlugin], hook: str, ctx: StageContext):
     if hook not in HOOKS:
         raise ValueError(f"unknown plug-in hook {hook!r}; the stage loop calls {list(HOOKS)}")
     for plugin in plugins:
-        getattr(plugin, hook)(ctx)
+        with console.context(phase=plugin.name):  # what the plug-in trains is labelled with its name ("realign")
+            getattr(plugin, hook)(ctx)
 
 
 def _check_stage_inputs(spec: ModalitySpec, stage: int, previous_tasks: list[str], train_dataset: Dataset):
@@ -199,8 +201,9 @@ def _pretrain(ctx: StageContext):
     samples = captions if len(captions) else with_media
     if not len(samples):
         raise ValueError(f"stage {ctx.stage}: no sample with {ctx.modality} media to pre-train its connector on")
-    ctx.log["pretrain"] = {**_train_phase(ctx, "pretrain", samples, list(DEFAULT_TRAINABLE["pretrain"])),
-                           "samples": len(samples)}  # fmt: skip
+    with console.context(phase="pre-train"):
+        record = _train_phase(ctx, "pretrain", samples, list(DEFAULT_TRAINABLE["pretrain"]))
+    ctx.log["pretrain"] = {**record, "samples": len(samples)}
 
 
 def _finetune(ctx: StageContext, plugins: list[StagePlugin]):
@@ -213,10 +216,13 @@ def _finetune(ctx: StageContext, plugins: list[StagePlugin]):
     _call(plugins, "configure_finetune", ctx)
     lora = ctx.peft_config  # recorded as trained: a plug-in may have replaced or dropped the loop's LoRA
     shape = {"lora_r": lora.r, "lora_alpha": lora.lora_alpha} if getattr(lora, "r", None) else {}
-    if ctx.settings.load_in_4bit:
-        record = _train_quantized(ctx, ctx.finetune_dataset, plugins)
-    else:
-        record = _train_phase(ctx, "finetune", ctx.finetune_dataset, ctx.finetune_trainable, ctx.peft_config, plugins)
+    with console.context(phase="fine-tune"):
+        if ctx.settings.load_in_4bit:
+            record = _train_quantized(ctx, ctx.finetune_dataset, plugins)
+        else:
+            record = _train_phase(
+                ctx, "finetune", ctx.finetune_dataset, ctx.finetune_trainable, ctx.peft_config, plugins
+            )
     ctx.log["finetune"] = {**record, **shape, "samples": len(ctx.finetune_dataset)}
 
 

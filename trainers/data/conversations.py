@@ -186,8 +186,10 @@ def encode_samples(
         sequences.append(ids)
         label_rows.append(labels)
         if has_media:
-            kind = config.modalities[modality]["kind"]
-            items.setdefault(modality, []).append(read_media(sample["media"], kind))
+            settings = config.modalities[modality]
+            # A video file is decoded at the model's frame count only (the processor's own sampling).
+            media = read_media(sample["media"], settings["kind"], settings.get("num_frames"))
+            items.setdefault(modality, []).append(media)
     batch = MeraBatch(processor.pad(sequences, None if for_generation else label_rows, padding_side))
     batch["modality_inputs"] = {name: processor.prepare_modality(name, media) for name, media in items.items()}
     return batch

@@ -33,12 +33,13 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
-from tqdm.auto import tqdm
 
+from .. import console
 from ..data import TASKS, encode_samples
 from ..distributed import process_state
-from .cider import score_captions
-from .judges import Judge, get_judge, score_qa
+from .cider_d import CiderD
+from .judges import Judge, get_judge
+from .qa_judge import QaJudge
 
 __all__ = ["generate_predictions", "score_predictions", "evaluate_model"]
 
@@ -58,6 +59,10 @@ def _check_samples(samples: Sequence[dict], modalities: Iterable[str] | None = N
             raise ValueError(f"{where}: a sample with media needs its 'modality'.")
         if known is not None and sample.get("media") is not None and sample["modality"] not in known:
             raise ValueError(f"{where}: modality {sample['modality']!r} is not in the model (it has {sorted(known)}).")
+
+
+def _as_list(answer) -> list[str]:
+    return [str(answer)] if isinstance(answer, str | int | float) else [str(item) for item in answer]
 
 
 @torch.no_grad()
@@ -94,7 +99,9 @@ def generate_predictions(
     own_batches = batches[state.process_index :: state.num_processes]
     own_predictions: list[tuple[int, str]] = []
     try:
-        for batch_indices in tqdm(own_batches, desc="generating", disable=not (progress and state.is_main_process)):
+        for batch_indices in console.progress(
+            own_batches, phase="evaluate", unit="batch", disable=not (progress and state.is_main_process)
+        ):
             batch_samples = [samples[i] for i in batch_indices]
             batch = encode_samples(processor, batch_samples, "left", for_generation=True).to(model.device)
             output = model.generate(**batch, max_new_tokens=max_new_tokens, **generate_kwargs)
@@ -154,15 +161,20 @@ def score_predictions(samples: Sequence[dict], predictions: Sequence[str], judge
                 "dataset is scored with one metric, so give each task and modality its own dataset name."
             )
         task = tasks.pop()
-        answers = [samples[i].get("references") or samples[i]["answer"] for i in indices]
+        answers = [_as_list(samples[i].get("references") or samples[i]["answer"]) for i in indices]
         dataset_predictions = [predictions[i] for i in indices]
+        # The `evaluate` metric modules, so that `evaluate.load` on their files gives these very scores.
         if task == "caption":
-            result = score_captions(dataset_predictions, answers)
+            cider = CiderD(keep_in_memory=True).compute(predictions=dataset_predictions, references=answers)
+            result = {"metric": "cider", "score": cider["cider_d"], "num_samples": len(indices)}
+            per_sample = cider["per_sample"]
         else:
             questions = [samples[i]["prompt"] for i in indices]
-            result = score_qa(judge, questions, answers, dataset_predictions)
-            result["score"] = result["accuracy"]
-        per_sample = result.pop("per_sample", None) or result.pop("verdicts", None)
+            qa = QaJudge(keep_in_memory=True).compute(
+                predictions=dataset_predictions, references=answers, questions=questions, judge=judge
+            )
+            per_sample = qa.pop("verdicts")
+            result = {"metric": "accuracy", **qa, "score": qa["accuracy"]}
         details[dataset] = {"modality": modalities.pop(), "task": task, **result, "per_sample": per_sample}
         scores[dataset] = result["score"]
     return {"scores": scores, "datasets": details}

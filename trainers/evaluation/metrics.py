@@ -79,6 +79,8 @@ class ScoreMatrix:
     source: str = "<score matrix>"
     kind: str = "modalities"
     """'modalities' (MERA's setting: each stage learns a modality) or 'tasks' (MLLM-CL's: tasks on modalities)."""
+    smoke_test: bool = False
+    """A run that only checked that every step works: its figures are not meaningful (`mera demo --quick`)."""
     dataset_to_modality: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -96,9 +98,12 @@ class ScoreMatrix:
                 f"{source}: missing key(s) {missing}; a score matrix needs 'modalities' (or 'tasks', not both) and "
                 "'stages' (and optionally 'method' and 'experts')."
             )
-        unknown = sorted(set(data) - {"method", key, "experts", "stages"})
+        unknown = sorted(set(data) - {"method", key, "experts", "stages", "smoke_test"})
         if unknown:
-            raise ValueError(f"{source}: unknown key(s) {unknown}; expected 'method', '{key}', 'experts', 'stages'.")
+            raise ValueError(
+                f"{source}: unknown key(s) {unknown}; expected 'method', '{key}', 'experts', 'stages' (and optionally "
+                "'smoke_test')."
+            )
         modalities = []
         for index, entry in enumerate(data[key]):
             if not isinstance(entry, dict) or "name" not in entry or not isinstance(entry.get("datasets"), list):
@@ -115,7 +120,8 @@ class ScoreMatrix:
         if not isinstance(data["stages"], list) or not all(isinstance(stage, dict) for stage in data["stages"]):
             raise ValueError(f"{source}: 'stages' must be a list with one {{dataset: score}} object per stage.")
         method = str(data.get("method") or Path(source).stem)
-        return cls(method, modalities, dict(experts), [dict(stage) for stage in data["stages"]], source, key)
+        stages = [dict(stage) for stage in data["stages"]]
+        return cls(method, modalities, dict(experts), stages, source, key, bool(data.get("smoke_test", False)))
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "ScoreMatrix":
@@ -139,6 +145,7 @@ class ScoreMatrix:
             self.kind: entries,
             "experts": dict(self.experts),
             "stages": [dict(stage) for stage in self.stages],
+            **({"smoke_test": True} if self.smoke_test else {}),
         }
 
     @property
@@ -378,6 +385,7 @@ def summarize(matrix: ScoreMatrix) -> dict:
             for index, dataset in enumerate(datasets)
         },
         "excluded_datasets": matrix.excluded_datasets,
+        "smoke_test": matrix.smoke_test,
     }
     if not matrix.has_experts:
         for key in ("backward_relative_gain", "forward_relative_gain", "backward_mean", "backward_std",
@@ -403,6 +411,9 @@ def summarize(matrix: ScoreMatrix) -> dict:
     }
 
 
+SMOKE_TEST_NOTE = "smoke test — figures are not meaningful"
+
+
 def _fmt(value: float | None, width: int) -> str:
     return f"{'-' if value is None else f'{value:.2f}':>{width}}"
 
@@ -424,11 +435,13 @@ def _accuracy_lines(summary: dict) -> list[str]:
     return lines
 
 
-def format_report(summaries: Sequence[dict]) -> str:
-    """Plain-text tables: per method, the per-stage metrics with mean and std; then a comparison of the methods."""
+def format_report(summaries: Sequence[dict], compare_only: bool = False) -> str:
+    """Plain-text tables: per method, the per-stage metrics with mean and std; then a comparison of the methods
+    (alone with `compare_only`, then also for a single method). Smoke tests are marked so above every table."""
     blocks = []
-    for summary in summaries:
-        lines = [f"{summary['method']}  ({summary['source']})"]
+    for summary in [] if compare_only else summaries:
+        title = f"{summary['method']}  ({summary['source']})"
+        lines = [f"{title}  [{SMOKE_TEST_NOTE}]" if summary.get("smoke_test") else title]
         modalities = summary["modalities"]
         if summary["backward_relative_gain"] is not None:
             width = max(9, *(len(name) + 2 for name in modalities))
@@ -460,10 +473,12 @@ def format_report(summaries: Sequence[dict]) -> str:
             lines.append(f"Left out of Relative Gain (their expert scored 0): {excluded}")
         blocks.append("\n".join(lines))
 
-    if len(summaries) > 1:
+    if len(summaries) > 1 or compare_only:
         method_width = max(8, *(len(s["method"]) + 2 for s in summaries))
         columns = ["BwRG mean", "BwRG std", "FwRG mean", "FwRG std", "final avg", "avg stages", "BWT", "forgetting"]
         lines = [f"{'method':<{method_width}}" + "".join(f"{c:>12}" for c in columns)]
+        if any(s.get("smoke_test") for s in summaries):
+            lines.insert(0, SMOKE_TEST_NOTE.upper())
         for s in summaries:
             values = [s["backward_mean"], s["backward_std"], s["forward_mean"], s["forward_std"]]
             accuracy = s["accuracy_matrix"]
@@ -517,10 +532,15 @@ def plot_progressive_relative_gain(summaries: Sequence[dict], path: str | os.Pat
     axes[1].tick_params(labelleft=True)
     axes[0].legend(loc="best", fontsize=9)
     axes[1].legend(loc="best", fontsize=9)
+    title = "Progressive Relative Gain"
+    if any(s.get("smoke_test") for s in summaries):
+        title += f" ({SMOKE_TEST_NOTE})"
+        figure.suptitle(SMOKE_TEST_NOTE.capitalize(), color="tab:red", fontweight="bold")
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    # The title also goes into the file's metadata (PNG text, PDF/SVG title), where tools can read it.
+    figure.savefig(path, dpi=120, metadata={"Title": title})
     return path
 
 
@@ -553,8 +573,12 @@ def plot_accuracy_matrix(summaries: Sequence[dict], path: str | os.PathLike) -> 
     final.set_xticks(range(len(datasets)), datasets, rotation=20)
     final.grid(alpha=0.3, axis="y")
     final.legend(loc="best", fontsize=9)
+    title = "Accuracy matrix"
+    if any(s.get("smoke_test") for s in summaries):
+        title += f" ({SMOKE_TEST_NOTE})"
+        figure.suptitle(SMOKE_TEST_NOTE.capitalize(), color="tab:red", fontweight="bold")
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, metadata={"Title": title})
     return path

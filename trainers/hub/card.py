@@ -89,6 +89,7 @@ def stage_score_matrix(run_dir: str | os.PathLike, stage: int) -> dict | None:
         key: entries,
         "experts": {d: score for d, score in experts.items() if d in datasets},
         "stages": [result["scores"] for result in evaluations],
+        **({"smoke_test": True} if run_config.get("smoke_test") else {}),
     }
 
 
@@ -362,7 +363,8 @@ def render_model_card(
         library_name="transformers",
         pipeline_tag=PIPELINE_TAGS.get(kinds[modality]) if len(set(kinds.values())) == 1 else "any-to-any",
         base_model=language_model if _is_hub_id(language_model) else None,
-        tags=["mera-mcl", "continual-learning", "modality-incremental", "multimodal", "custom_code", method, *kinds],
+        tags=["mera-mcl", "continual-learning", "modality-incremental", "multimodal", "custom_code", method, *kinds]
+        + (["smoke-test"] if run_config.get("smoke_test") else []),
         model_name=f"{repo_name} (stage {stage})",
         eval_results=_eval_results(scores, matrix, metrics, kinds) or None,
     )
@@ -383,4 +385,5 @@ def render_model_card(
         training_setup=_training_setup(run_config, info, method),
         results=_results(scores, matrix, metrics, stage, run_config.get("judge")),
         files=files,
+        smoke_test=bool(run_config.get("smoke_test")),
     )

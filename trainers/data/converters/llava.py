@@ -4,7 +4,6 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from ..samples import LLAVA_MODALITY_KEYS, sample_from_row
 from .core import ConversionPlan, Group, optional_source_file, read_json, source_dir, source_file
 
 LLAVA_FORMAT = (
@@ -16,6 +15,9 @@ LLAVA_FORMAT = (
 def _llava_groups(path: Path, media_root: Path, modality: str | None, dataset: str, task: str, name: str):
     """One group per row, its one sample the whole conversation (`trainers.data`'s reading of the row, so that a
     converted file and the LLaVA file loaded directly hold the same samples); rows without media are kept."""
+
+    # Imported here: the samples module loads `datasets` and the model code, which `mera data --help` does not need.
+    from ..samples import LLAVA_MODALITY_KEYS, sample_from_row
 
     def groups(counts: Counter):
         rows = read_json(path, dataset, LLAVA_FORMAT)

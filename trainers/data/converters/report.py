@@ -4,10 +4,6 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import datasets
-
-from ..samples import sample_from_row
-
 
 def stream_samples(path: str | os.PathLike, media_root: str | os.PathLike | None = None) -> Iterator[dict]:
     """
@@ -19,6 +15,11 @@ def stream_samples(path: str | os.PathLike, media_root: str | os.PathLike | None
     if not path.is_file():
         raise FileNotFoundError(f"sample file not found: {path}")
     root = Path(media_root) if media_root is not None else path.parent
+    # Imported here: `mera data --help` lists the converters without loading `datasets` or the model code.
+    import datasets
+
+    from ..samples import sample_from_row
+
     rows = iter(datasets.load_dataset("json", data_files=str(path), split="train", streaming=True))
     number = 0
     while True:
