@@ -84,13 +84,20 @@ class MeraModel(MeraPreTrainedModel):
             self.encoders[name].requires_grad_(False)
 
     def get_modality_features(self, modality: str, inputs: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
-        """Encode one modality's items and project them: `(items, num_tokens, text hidden size)`."""
+        """
+        Encode one modality's items and project them: `(items, num_tokens, text hidden size)`. `inputs` may also
+        be `{"encoder_features": (items, tokens, encoder hidden size)}`, the frozen encoder's output computed
+        earlier (a feature cache's): then only the connector runs.
+        """
         if modality not in self.connectors:
             raise ValueError(f"unknown modality {modality!r}; this model knows {list(self.connectors)}")
-        encoder = self.encoders[modality]
-        frozen = not any(parameter.requires_grad for parameter in encoder.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            features = encode_modality(modality, encoder, self.config.modality(modality), inputs)
+        if isinstance(inputs, dict) and "encoder_features" in inputs:
+            features = inputs["encoder_features"]
+        else:
+            encoder = self.encoders[modality]
+            frozen = not any(parameter.requires_grad for parameter in encoder.parameters())
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+                features = encode_modality(modality, encoder, self.config.modality(modality), inputs)
         connector = self.connectors[modality]
         return connector(features.to(next(connector.parameters()).dtype))
 

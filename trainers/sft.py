@@ -14,6 +14,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from . import console
 from .data import MeraDataCollator
+from .data.feature_cache import EncoderFeatureCache
 from .distributed import gathered_state_dict, shards_parameters
 from .settings import StageSettings
 
@@ -68,6 +69,11 @@ class MeraSFTConfig(SFTConfig):
     num_train_epochs: float = 1.0
     max_length: int | None = None
     logging_steps: float = 10
+    feature_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of the frozen-encoder feature cache (trainers.data.feature_cache); unset: off."},
+    )
+    feature_cache_gb: float = field(default=2.0, metadata={"help": "Size limit of the feature cache, in GiB."})
 
     def __post_init__(self):
         if self.bf16 is None:
@@ -87,8 +93,15 @@ def paper_phase_config(phase: str, output_dir: str, **overrides) -> MeraSFTConfi
 
 
 def phase_config(settings: StageSettings, phase: str, output_dir: Path) -> MeraSFTConfig:
-    """A stage phase's `MeraSFTConfig`: the paper's settings, the run's seed, then what the run sets for the phase."""
-    overrides = {"seed": settings.seed, "data_seed": settings.seed, **settings.phase_overrides(phase)}
+    """A stage phase's `MeraSFTConfig`: the paper's settings, the run's seed and feature cache, then what the run sets
+    for the phase."""
+    overrides = {
+        "seed": settings.seed,
+        "data_seed": settings.seed,
+        "feature_cache_dir": settings.feature_cache,
+        "feature_cache_gb": settings.feature_cache_gb,
+        **settings.phase_overrides(phase),
+    }
     return paper_phase_config(phase, str(Path(output_dir) / phase), **overrides)
 
 
@@ -205,7 +218,15 @@ class MeraSFTTrainer(SFTTrainer):
         if not isinstance(args, MeraSFTConfig):
             raise TypeError(f"args must be a MeraSFTConfig, got {type(args).__name__}")
         self.plugins = list(plugins)
-        kwargs.setdefault("data_collator", MeraDataCollator(processor, max_length=args.max_length))
+        self.feature_cache = None
+        if args.feature_cache_dir and "data_collator" not in kwargs:
+            # Encode each media item once, before training, instead of once per epoch (exact: see feature_cache).
+            self.feature_cache = EncoderFeatureCache(args.feature_cache_dir, int(args.feature_cache_gb * 1024**3))
+            self.feature_cache.fill(unwrap_mera(model), processor, train_dataset)
+        kwargs.setdefault(
+            "data_collator",
+            MeraDataCollator(processor, max_length=args.max_length, feature_cache=self.feature_cache),
+        )
         super().__init__(
             model=model,
             args=args,

@@ -1,19 +1,121 @@
 """The collator that feeds `MeraForCausalLM`: reads a batch's media and tokenises its conversations."""
 
-from .conversations import encode_samples
+import torch
+
+from .media import read_media
+
+
+def prompt_with_placeholder(config, sample: dict) -> str:
+    """The sample's prompt; without an explicit placeholder, the media goes first, as in LLaVA."""
+    placeholder = config.modalities[sample["modality"]]["placeholder"]
+    prompt = sample["prompt"]
+    return prompt if placeholder in prompt else f"{placeholder}\n{prompt}"
+
+
+def _nbytes(value) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_nbytes(item) for item in value.values())
+    return 0
 
 
 class MeraDataCollator:
     """
-    Read a batch's media, tokenise whole conversations with `MeraProcessor` (only the assistant turns in `labels`,
-    see `trainers.data.conversations`), pad, and batch each modality's inputs. Batches may mix modalities and
-    text-only samples.
+    Read a batch's media, tokenise prompts and answers with `MeraProcessor` (prompt masked out of `labels`), pad,
+    and batch each modality's inputs. Batches may mix modalities.
+
+    Each sample is read, preprocessed and tokenised once per collator (that is, once per training phase, not once
+    per epoch): the result is kept in memory up to `memo_bytes`. With a `feature_cache`
+    (`trainers.data.feature_cache.EncoderFeatureCache`, filled before training), a sample whose frozen encoder's
+    output is stored carries those features (`{"encoder_features": ...}`) instead of its preprocessed media, and the
+    model runs only the connector on it.
+
+    The per-sample preprocessing gives the same tensors as preprocessing the whole batch at once: every feature
+    processor of `MeraProcessor` treats items independently (fixed-length audio padding, one point-sampling
+    generator per cloud).
     """
 
-    def __init__(self, processor, max_length: int | None = None, padding_side: str = "right"):
+    def __init__(
+        self,
+        processor,
+        max_length: int | None = None,
+        padding_side: str = "right",
+        feature_cache=None,
+        memo_bytes: int = 1024**3,
+    ):
         self.processor = processor
         self.max_length = max_length
         self.padding_side = padding_side
+        self.feature_cache = feature_cache
+        self.memo_bytes = memo_bytes
+        self._memo: dict[tuple, tuple] = {}
+        self._memo_size = 0
+
+    def _key(self, sample: dict) -> tuple | None:
+        media = sample["media"]
+        if not isinstance(media, str):
+            return None  # in-memory media: cheap to re-read, and hashing it would cost as much as preparing it
+        return (sample["modality"], sample["prompt"], sample["answer"], media)
+
+    def _prepare(self, sample: dict) -> tuple[list[int], list[int], str, object]:
+        """One sample's token ids, labels, modality and model input (features or preprocessed media)."""
+        modality = sample["modality"]
+        if modality not in self.processor.config.modalities:
+            raise ValueError(
+                f"sample {sample['id']}: modality {modality!r} is not in the model "
+                f"(it has {list(self.processor.config.modalities)})"
+            )
+        key = self._key(sample)
+        if key is not None and key in self._memo:
+            return self._memo[key]
+        features = self.feature_cache.lookup(sample) if self.feature_cache is not None else None
+        kind = self.processor.config.modalities[modality]["kind"]
+        media = {modality: read_media(sample["media"], kind)}
+        batch = self.processor(
+            [prompt_with_placeholder(self.processor.config, sample)],
+            media=[media],
+            answers=[sample["answer"]],
+            padding_side=self.padding_side,
+            max_length=self.max_length,
+        )
+        model_input = {"encoder_features": features.unsqueeze(0)} if features is not None else None
+        model_input = model_input or batch["modality_inputs"][modality]
+        prepared = (batch["input_ids"][0].tolist(), batch["labels"][0].tolist(), modality, model_input)
+        size = _nbytes(model_input) + 16 * len(prepared[0])
+        if key is not None and self._memo_size + size <= self.memo_bytes:
+            self._memo[key] = prepared
+            self._memo_size += size
+        return prepared
 
     def __call__(self, samples: list[dict]) -> dict:
-        return dict(encode_samples(self.processor, samples, self.padding_side, max_length=self.max_length))
+        prepared = [self._prepare(sample) for sample in samples]
+        batch = self.processor._pad(
+            [ids for ids, _, _, _ in prepared], [labels for _, labels, _, _ in prepared], self.padding_side
+        )
+        by_modality: dict[str, list[int]] = {}
+        for index, (_, _, modality, _) in enumerate(prepared):
+            by_modality.setdefault(modality, []).append(index)
+        batch["modality_inputs"] = {}
+        for name, indices in by_modality.items():
+            inputs = [prepared[index][3] for index in indices]
+            cached = [isinstance(item, dict) and "encoder_features" in item for item in inputs]
+            if any(cached) and not all(cached):
+                # Some items did not fit in the feature cache: this batch encodes all of this modality's items.
+                kind = self.processor.config.modalities[name]["kind"]
+                media = [read_media(samples[index]["media"], kind) for index in indices]
+                batch["modality_inputs"][name] = self.processor.prepare_modality(name, media)
+            elif all(cached):
+                batch["modality_inputs"][name] = {
+                    "encoder_features": torch.cat([i["encoder_features"] for i in inputs])
+                }
+            else:
+                batch["modality_inputs"][name] = _concatenate(inputs)
+        return batch
+
+
+def _concatenate(inputs: list):
+    """One modality's per-sample preprocessed inputs (tensors, or dicts of tensors) as one batch."""
+    if isinstance(inputs[0], dict):
+        return {key: torch.cat([item[key] for item in inputs]) for key in inputs[0]}
+    return torch.cat(inputs)

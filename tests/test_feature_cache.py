@@ -1,0 +1,127 @@
+"""The data path: per-sample preparation once per phase, and the exact, bounded cache of frozen-encoder outputs."""
+
+import torch
+from conftest import build_tiny_model, tiny_processor, toy_samples
+from datasets import Dataset
+
+from modeling_mera.encoders import encode_modality
+from trainers.data import MeraDataCollator, load_samples, prompt_with_placeholder, read_media
+from trainers.data.feature_cache import EncoderFeatureCache
+from trainers.sft import MeraSFTConfig, MeraSFTTrainer, unwrap_mera
+
+
+def mixed_samples(tmp_path, modalities=("image", "audio", "point_cloud"), count=3):
+    return list(load_samples([s for m in modalities for s in toy_samples(tmp_path / m, m, count)]))
+
+
+def test_per_sample_preparation_equals_the_processor_on_the_whole_batch(tmp_path):
+    model = build_tiny_model(("image", "audio", "point_cloud"))
+    processor = tiny_processor(model)
+    samples = mixed_samples(tmp_path)
+    batch = [samples[i] for i in (0, 7, 13, 2, 8, 15, 1)]
+    collator = MeraDataCollator(processor)
+    kinds = {name: m["kind"] for name, m in model.config.modalities.items()}
+    expected = processor(
+        [prompt_with_placeholder(model.config, s) for s in batch],
+        media=[{s["modality"]: read_media(s["media"], kinds[s["modality"]])} for s in batch],
+        answers=[s["answer"] for s in batch],
+    )
+    for _ in range(2):  # the second call is served from the collator's memory
+        got = collator(batch)
+        for key in ("input_ids", "attention_mask", "labels"):
+            assert torch.equal(got[key], expected[key])
+        assert set(got["modality_inputs"]) == set(expected["modality_inputs"])
+        for name, tensor in expected["modality_inputs"].items():
+            assert torch.equal(got["modality_inputs"][name], tensor), name
+    assert len(collator._memo) == len(batch)
+
+
+def test_cached_features_are_bit_equal_and_feed_the_connector(tmp_path):
+    model = build_tiny_model(("image", "audio", "point_cloud"))
+    processor = tiny_processor(model)
+    samples = mixed_samples(tmp_path, count=4)
+    cache = EncoderFeatureCache(tmp_path / "cache")
+    encoded = cache.fill(model, processor, samples)
+    assert encoded == {"image": 4, "audio": 4, "point_cloud": 4}, "each media item once (caption and QA share it)"
+    assert cache.fill(model, processor, samples) == {}, "a second fill encodes nothing"
+    for name in ("image", "audio", "point_cloud"):
+        items = [s for s in samples if s["modality"] == name][::2]
+        inputs = processor.prepare_modality(name, [read_media(s["media"], name) for s in items])
+        with torch.no_grad():
+            direct = encode_modality(name, model.encoders[name], model.config.modality(name), inputs)
+        cached = torch.stack([cache.lookup(s) for s in items])
+        assert torch.equal(cached, direct), name
+    # The model takes the cached features in place of raw inputs: the same logits, bit for bit.
+    batch = samples[:4]
+    raw = MeraDataCollator(processor)(batch)
+    from_cache = MeraDataCollator(processor, feature_cache=cache)(batch)
+    assert set(from_cache["modality_inputs"]["image"]) == {"encoder_features"}
+    with torch.no_grad():
+        assert torch.equal(model(**raw).logits, model(**from_cache).logits)
+
+
+def test_cache_keys_follow_encoder_weights_and_preprocessing(tmp_path):
+    model = build_tiny_model(("image",))
+    processor = tiny_processor(model)
+    cache = EncoderFeatureCache(tmp_path / "cache")
+    first = cache.namespace(model, processor, "image")
+    assert cache.namespace(model, processor, "image") == first
+    with torch.no_grad():
+        next(model.encoders["image"].parameters()).add_(1e-3)
+    changed_weights = cache.namespace(model, processor, "image")
+    assert changed_weights != first
+    processor.modality_processors["image"].image_mean = [0.0, 0.0, 0.0]
+    assert cache.namespace(model, processor, "image") not in (first, changed_weights)
+    # Not cached: an encoder that trains, or one whose training mode differs (dropout).
+    model.encoders["image"].requires_grad_(True)
+    assert cache.namespace(model, processor, "image") is None
+    model.encoders["image"].requires_grad_(False)
+    model.encoders["image"].config.attention_dropout = 0.1
+    assert cache.namespace(model, processor, "image") is None
+
+
+def test_cache_stays_within_its_size_limit(tmp_path):
+    model = build_tiny_model(("image",))
+    processor = tiny_processor(model)
+    samples = mixed_samples(tmp_path, ("image",), count=6)
+    per_item = 16 * 32 * 4 + 1024  # tokens x encoder hidden size x fp32 + file overhead
+    cache = EncoderFeatureCache(tmp_path / "cache", max_bytes=4 * per_item)
+    cache.fill(model, processor, samples)
+    files = list((tmp_path / "cache").glob("*/*.pt"))
+    assert 0 < len(files) <= 4
+    assert sum(f.stat().st_size for f in files) <= 4 * per_item
+    # Items that did not fit are encoded in the batch as before: the batch is still exact.
+    collator = MeraDataCollator(processor, feature_cache=cache)
+    batch = collator(samples[:12:2])
+    assert torch.is_tensor(batch["modality_inputs"]["image"]), "a batch mixing stored and missing items: raw"
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, model(**MeraDataCollator(processor)(samples[:12:2])).logits)
+
+
+def _train(tmp_path, samples, feature_cache_dir):
+    model = build_tiny_model(("image", "point_cloud"))
+    processor = tiny_processor(model)
+    args = MeraSFTConfig(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        num_train_epochs=3,
+        learning_rate=5e-3,
+        warmup_ratio=0.0,
+        seed=0,
+        disable_tqdm=True,
+        trainable=["connectors"],
+        feature_cache_dir=feature_cache_dir,
+    )
+    trainer = MeraSFTTrainer(model, args, Dataset.from_list(samples), processor)
+    result = trainer.train()
+    return result.training_loss, unwrap_mera(trainer.model).state_dict(), trainer.feature_cache
+
+
+def test_training_with_and_without_the_cache_is_identical(tmp_path):
+    samples = mixed_samples(tmp_path, ("image", "point_cloud"), count=6)
+    loss_raw, state_raw, _ = _train(tmp_path / "raw", samples, None)
+    loss_cached, state_cached, cache = _train(tmp_path / "cached", samples, str(tmp_path / "cache"))
+    assert cache.encoded == 12 and cache.hits == 24, "each item encoded once; every sample served from the cache"
+    assert loss_cached == loss_raw
+    for name, tensor in state_raw.items():
+        assert torch.equal(tensor, state_cached[name]), name
