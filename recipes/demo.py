@@ -149,6 +149,12 @@ def main(args: argparse.Namespace) -> int:
             {**entry, "train": f"{entry['name']}/train.jsonl", "test": f"{entry['name']}/test.jsonl"}
             for entry in demo_modality_entries(out / "cache", seed=args.seed, benchmark=benchmark_dir)
         ]
+    modalities = [
+        {**entry, "train": f"{entry['name']}/train.jsonl", "test": f"{entry['name']}/test.jsonl"}
+        for entry in demo_modality_entries(out / "cache", seed=args.seed, benchmark=benchmark_dir)
+    ]
+    # The demo's encoders are frozen and its items few: each is encoded once per run (exact; ~4 KB per item).
+    demo["settings"].setdefault("feature_cache", str(out / "cache" / "features"))
     base = ContinualConfig(
         **demo["settings"],
         modalities=modalities,

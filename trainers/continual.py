@@ -15,6 +15,7 @@ evaluated after every stage, resumable. Its settings are `trainers.settings.Cont
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,7 @@ def _check_run_config(config: ContinualConfig, output_dir: Path):
     saved_file = output_dir / "run_config.json"
     current = json.loads(json.dumps(asdict(config), default=str))
     volatile = {"output_dir", "experts_dir", "data_root", "judge", "eval_batch_size", "test_limit", "train_experts"}
-    volatile |= {"push_to_hub", "hub_model_id", "hub_private_repo"}
+    volatile |= {"push_to_hub", "hub_model_id", "hub_private_repo", "feature_cache", "feature_cache_gb"}
     if saved_file.is_file():
         saved = json.loads(saved_file.read_text())
         differing = sorted(k for k in current if k not in volatile and saved.get(k) != current.get(k))
@@ -155,6 +156,7 @@ def evaluate_stage(config: ContinualConfig, stage_dir: Path, plan: list[StagePla
     for step in learnt:
         samples.extend(load_stage_data(step.test_files, config.test_limit, config.seed))
     output_file.parent.mkdir(parents=True, exist_ok=True)
+    wall, cpu = time.perf_counter(), time.process_time()
     result = evaluate_model(
         model,
         processor,
@@ -164,6 +166,10 @@ def evaluate_stage(config: ContinualConfig, stage_dir: Path, plan: list[StagePla
         max_new_tokens=config.max_new_tokens,
         output_file=output_file,
     )
+    if process_state().is_main_process:
+        timed = {**json.loads(output_file.read_text()), "seconds": {"wall": round(time.perf_counter() - wall, 3)}}
+        timed["seconds"]["cpu"] = round(time.process_time() - cpu, 3)
+        _write_json(output_file, timed)
     return result["scores"]
 
 

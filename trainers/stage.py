@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -68,12 +69,30 @@ def build_feature_processor(spec: ModalitySpec, kind: str):
     return auto_class.from_pretrained(spec.feature_processor)
 
 
-def _call(plugins: list[StagePlugin], hook: str, ctx: StageContext):
-    """Run hook `hook` of every plug-in, in order."""
+@contextmanager
+def _timed(ctx: StageContext, phase: str):
+    """Record a phase's wall-clock and process CPU seconds in the stage log (`stage.json`'s `log.phase_seconds`)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        yield
+    finally:
+        times = ctx.log.setdefault("phase_seconds", {})
+        times[phase] = {
+            "wall": round(time.perf_counter() - wall, 3),
+            "cpu": round(time.process_time() - cpu, 3),
+        }
+
+
+def _call(plugins: list[StagePlugin], hook: str, ctx: StageContext, timed: bool = False):
+    """Run hook `hook` of every plug-in, in order; `timed`: record each overriding plug-in's time under its name."""
     if hook not in HOOKS:
         raise ValueError(f"unknown plug-in hook {hook!r}; the stage loop calls {list(HOOKS)}")
     for plugin in plugins:
         with console.context(phase=plugin.name):  # what the plug-in trains is labelled with its name ("realign")
+        if timed and getattr(type(plugin), hook) is not getattr(StagePlugin, hook):
+            with _timed(ctx, plugin.name):
+                getattr(plugin, hook)(ctx)
+        else:
             getattr(plugin, hook)(ctx)
 
 
@@ -228,10 +247,13 @@ def _finetune(ctx: StageContext, plugins: list[StagePlugin]):
 
 def _merge(ctx: StageContext, plugins: list[StagePlugin], finetuned_dir: Path):
     """The plug-ins' merge, then any remaining LoRA folded into the LLM; saved so that a killed stage resumes here."""
-    _call(plugins, "after_finetune", ctx)
-    if isinstance(ctx.model, PeftModel) and ctx.adapter_format is None:
-        ctx.model = ctx.model.merge_and_unload()  # methods without a merge keep the full fine-tuned LLM
-    save_stage(ctx.model, ctx.processor, ctx.replay, {"log": ctx.log}, finetuned_dir, ctx.adapter_format)
+    with _timed(ctx, "merge"):
+        _call(plugins, "after_finetune", ctx)
+        if isinstance(ctx.model, PeftModel) and ctx.adapter_format is None:
+            ctx.model = ctx.model.merge_and_unload()  # methods without a merge keep the full fine-tuned LLM
+    # The resume point is a full save: its time stands for the final save's, which stage.json cannot hold.
+    with _timed(ctx, "save"):
+        save_stage(ctx.model, ctx.processor, ctx.replay, {"log": ctx.log}, finetuned_dir, ctx.adapter_format)
 
 
 def _resume_merged(ctx: StageContext, finetuned_dir: Path):
@@ -312,9 +334,11 @@ def run_stage(
     if is_finished_stage(finetuned_dir):
         _resume_merged(ctx, finetuned_dir)
     else:
-        _pretrain(ctx)
-        _finetune(ctx, plugins)
+        with _timed(ctx, "pretrain"):
+            _pretrain(ctx)
+        with _timed(ctx, "finetune"):
+            _finetune(ctx, plugins)
         _merge(ctx, plugins, finetuned_dir)
-    _call(plugins, "after_stage", ctx)  # MERA's realign; EWC's Fisher; MR-LoRA's router
+    _call(plugins, "after_stage", ctx, timed=True)  # MERA's realign; EWC's Fisher; MR-LoRA's router
     _save(ctx, plugins, output_dir, started)
     return output_dir
