@@ -21,6 +21,7 @@ COMMANDS = {
     "metrics": "recipes.metrics",
     "info": "recipes.info",
     "push": "recipes.push",
+    "bench": "recipes.bench",
 }
 
 

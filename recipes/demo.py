@@ -100,6 +100,31 @@ def demo_config(path: str | Path, quick: bool) -> dict:
     }
 
 
+def prepare_demo(out: Path, demo: dict, seed: int, order: str, size: str) -> ContinualConfig:
+    """Build (or reuse) the benchmark, the language model and the encoders under `out`: the run config of every
+    method (`method` and `output_dir` to be set)."""
+    from trainers.demo import build_benchmark, demo_modality_entries, pretrained_language_model
+
+    benchmark_dir = out / f"benchmark-{size}-seed{seed}"
+    build_benchmark(benchmark_dir, seed=seed, **demo["benchmark"])
+    language_model = pretrained_language_model(out / "cache", benchmark_dir, seed=seed, **demo["language_model"])
+    modalities = [
+        {**entry, "train": f"{entry['name']}/train.jsonl", "test": f"{entry['name']}/test.jsonl"}
+        for entry in demo_modality_entries(out / "cache", seed=seed, benchmark=benchmark_dir)
+    ]
+    # The demo's encoders are frozen and its items few: each is encoded once per run (exact; ~4 KB per item).
+    settings = {"feature_cache": str(out / "cache" / "features"), **demo["settings"]}
+    return ContinualConfig(
+        **settings,
+        modalities=modalities,
+        language_model=str(language_model),
+        data_root=str(benchmark_dir),
+        order=order,
+        seed=seed,
+        experts_dir=str(out / f"experts-{size}-seed{seed}"),
+    )
+
+
 def main(args: argparse.Namespace) -> int:
     from trainers.evaluation.metrics import SMOKE_TEST_NOTE
 
@@ -122,6 +147,7 @@ def main(args: argparse.Namespace) -> int:
         plot_progressive_relative_gain,
         summarize,
     )
+    from trainers.evaluation.metrics import ScoreMatrix, format_report, plot_progressive_relative_gain, summarize
     from trainers.methods import METHODS
 
     # The demo's models are tiny, so thread synchronisation outweighs the arithmetic: one thread ran a training
@@ -136,7 +162,6 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out) / "domain" if domain else Path(args.out)
     demo = demo_config(args.config or DEMO_CONFIGS[args.scenario], args.quick)
     size = "quick" if args.quick else "full"
-    benchmark_dir = out / f"benchmark-{size}-seed{args.seed}"
     started = time.time()
     build_benchmark(benchmark_dir, seed=args.seed, modalities=DOMAINS if domain else MODALITIES, **demo["benchmark"])
     language_model = pretrained_language_model(out / "cache", benchmark_dir, seed=args.seed, **demo["language_model"])
@@ -165,6 +190,7 @@ def main(args: argparse.Namespace) -> int:
         experts_dir=str(out / f"experts-{size}-seed{args.seed}"),
         smoke_test=args.quick,
     )
+    base = prepare_demo(out, demo, args.seed, args.order, size)
     summaries, timings = [], {}
     (out / "scores").mkdir(parents=True, exist_ok=True)
     for method in methods:

@@ -1,0 +1,69 @@
+"""`mera bench`'s pieces that can be checked without timing anything: the LLaVA twin and MERA's floor."""
+
+import json
+
+import pytest
+import torch
+from conftest import build_tiny_model, tiny_processor, toy_samples
+
+from trainers.bench import format_bench, llava_twin, prompt_batch, sample_passes
+from trainers.data import MeraDataCollator, load_samples
+from trainers.settings import StageSettings
+
+
+def test_llava_twin_holds_the_same_weights(tmp_path):
+    model = build_tiny_model(("image",))
+    processor = tiny_processor(model)
+    samples = list(load_samples(toy_samples(tmp_path, "image", 2)))
+    llava = llava_twin(model).eval()
+    batch = MeraDataCollator(processor)(samples)
+    placeholder = model.config.placeholder_token_ids["image"]
+    llava_ids = batch["input_ids"].masked_fill(batch["input_ids"] == placeholder, llava.config.image_token_index)
+    with torch.no_grad():
+        ours = model(**batch)
+        theirs = llava(
+            input_ids=llava_ids,
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+            pixel_values=batch["modality_inputs"]["image"],
+        )
+    torch.testing.assert_close(ours.logits, theirs.logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours.loss, theirs.loss, rtol=0, atol=1e-5)
+    prompts = prompt_batch(processor, samples)
+    assert prompts["input_ids"].shape[0] == len(samples) and (prompts["attention_mask"][:, -1] == 1).all()
+
+
+def test_floor_counts_replayed_sample_passes():
+    settings = StageSettings(
+        pretrain_args={"num_train_epochs": 1},
+        finetune_args={"num_train_epochs": 2},
+        realign_args={"num_train_epochs": 3},
+    )
+    fine_tuning = [{"captions": 40, "finetune_samples": 80, "realign_samples": 0} for _ in range(2)]
+    mera = [{**stage, "realign_samples": 8 * (index + 1)} for index, stage in enumerate(fine_tuning)]
+    assert sample_passes(fine_tuning, settings) == 2 * (40 + 160)
+    assert sample_passes(mera, settings) / sample_passes(fine_tuning, settings) == pytest.approx(1 + 3 * 24 / 400)
+
+
+def test_bench_table_reads_every_section():
+    summary = {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    phases = {p: summary for p in ("pretrain", "finetune", "merge", "realign", "save", "evaluation")}
+    method = {"phase_cpu_seconds": phases, "training_cpu_seconds": summary, "peak_memory_mb": summary}
+    result = {
+        "training": {
+            "fine_tuning": method,
+            "mera": method,
+            "mera_vs_fine_tuning": {"measured_ratio": summary, "computed_floor": 1.5, "above_floor_percent": 33.3},
+        },
+        "llava": {"batch": 8, "forward_backward_ratio": summary, "generate_ratio": summary},
+        "latency": {"mera": summary},
+        "data_path": {
+            "image": {
+                k: summary for k in ("collator_fresh", "collator_cached", "step_raw_inputs", "step_cached_features")
+            }
+        },
+    }
+    table = format_bench(json.loads(json.dumps(result)))
+    assert "computed floor 1.500" in table and "+33.3% above it" in table
+    assert "forward+backward 2.000 (1.000-3.000)x" in table
+    assert table.count("2.00 (1.00-3.00)") == 2 * 7
