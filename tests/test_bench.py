@@ -67,3 +67,20 @@ def test_bench_table_reads_every_section():
     assert "computed floor 1.500" in table and "+33.3% above it" in table
     assert "forward+backward 2.000 (1.000-3.000)x" in table
     assert table.count("2.00 (1.00-3.00)") == 2 * 7
+
+
+def test_a_fresh_trainer_skips_the_idle_full_garbage_collection(tmp_path, monkeypatch):
+    import gc
+
+    from trainers.sft import MeraSFTConfig, MeraSFTTrainer
+
+    model = build_tiny_model(("image",))
+    processor = tiny_processor(model)
+    args = MeraSFTConfig(output_dir=str(tmp_path / "run"), max_steps=1, disable_tqdm=True)
+    trainer = MeraSFTTrainer(model, args, load_samples(toy_samples(tmp_path, "image", 2)), processor)
+    collections = []
+    monkeypatch.setattr(gc, "collect", lambda *a: collections.append(a) or 0)
+    trainer.train()
+    assert collections == [], "Trainer.train()'s free_memory on an idle CPU accelerator collects nothing"
+    trainer.accelerator.free_memory(object())  # objects to release: accelerate's own path, with its collection
+    assert len(collections) == 1
