@@ -70,23 +70,45 @@ class MeraDataCollator:
         if key is not None and key in self._memo:
             return self._memo[key]
         features = self.feature_cache.lookup(sample) if self.feature_cache is not None else None
-        kind = self.processor.config.modalities[modality]["kind"]
-        media = {modality: read_media(sample["media"], kind)}
-        batch = self.processor(
-            [prompt_with_placeholder(self.processor.config, sample)],
-            media=[media],
-            answers=[sample["answer"]],
-            padding_side=self.padding_side,
-            max_length=self.max_length,
-        )
-        model_input = {"encoder_features": features.unsqueeze(0)} if features is not None else None
-        model_input = model_input or batch["modality_inputs"][modality]
-        prepared = (batch["input_ids"][0].tolist(), batch["labels"][0].tolist(), modality, model_input)
+        if features is not None:
+            # The encoder's output is stored: the media need not be read; only the text is tokenised.
+            ids, labels = self._tokenize(sample)
+            prepared = (ids, labels, modality, {"encoder_features": features.unsqueeze(0)})
+        else:
+            kind = self.processor.config.modalities[modality]["kind"]
+            batch = self.processor(
+                [prompt_with_placeholder(self.processor.config, sample)],
+                media=[{modality: read_media(sample["media"], kind)}],
+                answers=[sample["answer"]],
+                padding_side=self.padding_side,
+                max_length=self.max_length,
+            )
+            model_input = batch["modality_inputs"][modality]
+            prepared = (batch["input_ids"][0].tolist(), batch["labels"][0].tolist(), modality, model_input)
+        model_input = prepared[3]
         size = _nbytes(model_input) + 16 * len(prepared[0])
         if key is not None and self._memo_size + size <= self.memo_bytes:
             self._memo[key] = prepared
             self._memo_size += size
         return prepared
+
+    def _tokenize(self, sample: dict) -> tuple[list[int], list[int]]:
+        """Token ids and labels of one sample as `MeraProcessor.__call__` makes them (the answer cut at max_length)."""
+        prompt_ids, counts = self.processor.encode_prompt(prompt_with_placeholder(self.processor.config, sample))
+        if counts != {sample["modality"]: 1}:
+            raise ValueError(
+                f"sample {sample['id']}: the prompt must name one {sample['modality']} item, got {counts}"
+            )
+        if self.max_length is not None and len(prompt_ids) > self.max_length:
+            raise ValueError(
+                f"sample {sample['id']}: the prompt alone is {len(prompt_ids)} tokens, over max_length "
+                f"{self.max_length}"
+            )
+        answer_ids = self.processor.encode_answer(sample["answer"])
+        ids, labels = prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
+        if self.max_length is not None:
+            ids, labels = ids[: self.max_length], labels[: self.max_length]
+        return ids, labels
 
     def __call__(self, samples: list[dict]) -> dict:
         prepared = [self._prepare(sample) for sample in samples]

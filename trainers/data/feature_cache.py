@@ -25,6 +25,7 @@ the demo's image encoder in fp32: 16 x 64 x 4 B = 4 KB.
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,21 @@ from torch import nn
 from .media import read_media
 
 FILL_BATCH_SIZE = 16
+# Entries read or written in this process, so that the phases and stages of one run read each file once
+# (`torch.load` costs more than a small entry's connector step). Files are immutable: their names hash content.
+_MEMORY: "OrderedDict[Path, torch.Tensor]" = OrderedDict()
+_MEMORY_BYTES = [0]
+MEMORY_LIMIT = 512 * 1024**2
+
+
+def _remember(path: Path, features: torch.Tensor):
+    if path in _MEMORY:
+        return
+    _MEMORY[path] = features
+    _MEMORY_BYTES[0] += features.numel() * features.element_size()
+    while _MEMORY_BYTES[0] > MEMORY_LIMIT and _MEMORY:
+        _, dropped = _MEMORY.popitem(last=False)
+        _MEMORY_BYTES[0] -= dropped.numel() * dropped.element_size()
 
 
 def _hash_update_tensor(digest, name: str, tensor: torch.Tensor):
@@ -140,11 +156,14 @@ class EncoderFeatureCache:
         path = self._path(sample["modality"], sample["media"])
         if path is None:
             return None
-        try:
-            features = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            self.misses += 1
-            return None
+        features = _MEMORY.get(path)
+        if features is None:
+            try:
+                features = torch.load(path, map_location="cpu", weights_only=True)
+            except FileNotFoundError:
+                self.misses += 1
+                return None
+            _remember(path, features)
         self.hits += 1
         return features
 
@@ -165,6 +184,9 @@ class EncoderFeatureCache:
         while usage and total + needed > self.max_bytes:
             _, size, path = usage.pop(0)
             path.unlink(missing_ok=True)
+            dropped = _MEMORY.pop(path, None)
+            if dropped is not None:
+                _MEMORY_BYTES[0] -= dropped.numel() * dropped.element_size()
             total -= size
         return total + needed <= self.max_bytes
 
@@ -177,6 +199,7 @@ class EncoderFeatureCache:
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         torch.save(features, temporary)
         os.replace(temporary, path)  # atomic: a concurrent reader sees the whole entry or none
+        _remember(path, features)
         usage.append((path.stat().st_mtime, path.stat().st_size, path))
         return True
 
