@@ -360,7 +360,8 @@ def load_pretrained_encoder(
 
 def expected_item_shape(modality: MeraModalityConfig, encoder: nn.Module) -> tuple[int | None, ...]:
     """Shape of one item's main encoder input as the processor makes it; None where any length is accepted."""
-    config = modality.encoder
+    # The live encoder's config: `modality.encoder` rebuilds (and validates) a config from a dict at every call.
+    config = getattr(encoder, "config", None) or modality.encoder
     if modality.kind in ("image", "video"):
         size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
         shape = (getattr(config, "num_channels", 3), size, size)

@@ -217,13 +217,22 @@ def bench_llava(model, processor, samples: list[dict], repetitions: int, iterati
         "labels": batch["labels"],
         "pixel_values": batch["modality_inputs"]["image"],
     }
-    for module in (model, llava):
+    # The same trainable weights in both: the LLM, the image encoder and its connector (MERA's other modalities stay
+    # frozen, so that neither model walks parameters the other does not hold).
+    trainable = {}
+    for name, module in (("mera", model), ("llava", llava)):
         module.train()
-        for parameter in module.parameters():
-            parameter.requires_grad_(True)
+        module.requires_grad_(name == "llava")
+        if name == "mera":
+            for part in (model.language_model, model.lm_head, model.encoders["image"], model.connectors["image"]):
+                part.requires_grad_(True)
+        trainable[id(module)] = [p for p in module.parameters() if p.requires_grad]
+    if len(trainable[id(model)]) != len(trainable[id(llava)]):
+        raise RuntimeError("the MERA model and its LLaVA twin do not train the same number of tensors")
 
     def step(module, inputs):
-        module.zero_grad(set_to_none=True)
+        for parameter in trainable[id(module)]:
+            parameter.grad = None
         module(**inputs).loss.backward()
 
     prompts = prompt_batch(processor, images)
@@ -253,7 +262,7 @@ def bench_llava(model, processor, samples: list[dict], repetitions: int, iterati
         for name, module, train_inputs, gen_inputs in pairs if repetition % 2 == 0 else pairs[::-1]:
             times[f"{name}_step"].append(_timed(step, iterations, module, train_inputs))
             module.eval()
-            times[f"{name}_generate"].append(_timed(generate, 1, module, gen_inputs) / new_tokens)
+            times[f"{name}_generate"].append(_timed(generate, 3, module, gen_inputs) / new_tokens)
             module.train()
     step_ratios = [m / v for m, v in zip(times["mera_step"], times["llava_step"])]
     generate_ratios = [m / v for m, v in zip(times["mera_generate"], times["llava_generate"])]
@@ -441,7 +450,7 @@ def run_bench(
     final = {m: load_stage(out / "runs" / f"{m}-0" / f"stage-{last}")[:2] for m in methods}
     reference = "mera" if "mera" in final else methods[0]
     model, processor = final[reference]
-    result["llava"] = bench_llava(model, processor, train, max(5, repetitions), iterations=3, new_tokens=new_tokens)
+    result["llava"] = bench_llava(model, processor, train, max(7, repetitions), iterations=10, new_tokens=new_tokens)
     model, processor = load_stage(out / "runs" / f"{reference}-0" / f"stage-{last}")[:2]
     result["latency"] = bench_latency(final, train, repetitions, new_tokens)
     result["data_path"] = bench_data_path(model, processor, train, out / "feature_cache", repetitions, 16)
