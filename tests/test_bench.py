@@ -34,11 +34,7 @@ def test_llava_twin_holds_the_same_weights(tmp_path):
 
 
 def test_floor_counts_replayed_sample_passes():
-    settings = StageSettings(
-        pretrain_args={"num_train_epochs": 1},
-        finetune_args={"num_train_epochs": 2},
-        realign_args={"num_train_epochs": 3},
-    )
+    settings = StageSettings(pretrain_num_train_epochs=1, finetune_num_train_epochs=2, realign_num_train_epochs=3)
     fine_tuning = [{"captions": 40, "finetune_samples": 80, "realign_samples": 0} for _ in range(2)]
     mera = [{**stage, "realign_samples": 8 * (index + 1)} for index, stage in enumerate(fine_tuning)]
     assert sample_passes(fine_tuning, settings) == 2 * (40 + 160)

@@ -96,7 +96,7 @@ def _run_in_process(config, test_limit, result_file: Path) -> dict:
 def sample_passes(stages: list[dict], settings) -> float:
     """Training samples x epochs over all stages and phases (realign counted when it ran)."""
     epochs = {
-        phase: float((getattr(settings, f"{phase}_args") or {}).get("num_train_epochs", 1.0))
+        phase: float(settings.phase_overrides(phase).get("num_train_epochs", 1.0))
         for phase in ("pretrain", "finetune", "realign")
     }
     return sum(
