@@ -100,6 +100,7 @@ def test_cache_stays_within_its_size_limit(tmp_path):
 
 def _train(tmp_path, samples, feature_cache_dir):
     model = build_tiny_model(("image", "point_cloud"))
+    model.encoders.requires_grad_(True)  # as from_pretrained leaves them: the trainer's trainable set freezes them
     processor = tiny_processor(model)
     args = MeraSFTConfig(
         output_dir=str(tmp_path / "run"),

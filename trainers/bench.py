@@ -310,6 +310,10 @@ def bench_data_path(model, processor, samples: list[dict], cache_dir: Path, repe
     from .data.feature_cache import EncoderFeatureCache
 
     model.train()
+    # As in training: the encoders frozen (set_trainable), the LLM and connectors trainable.
+    model.requires_grad_(True)
+    for encoder in model.encoders.values():
+        encoder.requires_grad_(False)
     cache = EncoderFeatureCache(cache_dir)
     result = {}
     for modality in sorted({s["modality"] for s in samples}):

@@ -222,7 +222,6 @@ class MeraSFTTrainer(SFTTrainer):
         if args.feature_cache_dir and "data_collator" not in kwargs:
             # Encode each media item once, before training, instead of once per epoch (exact: see feature_cache).
             self.feature_cache = EncoderFeatureCache(args.feature_cache_dir, int(args.feature_cache_gb * 1024**3))
-            self.feature_cache.fill(unwrap_mera(model), processor, train_dataset)
         kwargs.setdefault(
             "data_collator",
             MeraDataCollator(processor, max_length=args.max_length, feature_cache=self.feature_cache),
@@ -241,6 +240,9 @@ class MeraSFTTrainer(SFTTrainer):
         if args.trainable is None:
             args.trainable = list(self.default_trainable)
         self.trainable_counts = set_trainable(self.model, args.trainable)
+        if self.feature_cache is not None:
+            # Filled once the trainable set is known: only the encoders that stay frozen in this phase are cached.
+            self.feature_cache.fill(unwrap_mera(self.model), processor, train_dataset)
 
     def train(self, *args, **kwargs):
         """
