@@ -37,7 +37,7 @@ def test_every_shipped_config_parses_validates_and_plans():
     shipped = sorted(path.name for path in CONFIGS.glob("*.yaml"))
     assert shipped == ["bench.yaml", "demo.yaml", "paper_reverse.yaml", "paper_sequential.yaml", "tiny.yaml"]
     for name in shipped:
-        if name in ("demo.yaml", "bench.yaml"):  # `mera demo`'s and `mera bench`'s: shared settings are ContinualConfig's
+        if name in ("demo.yaml", "bench.yaml"):  # demo-style files: their shared settings are ContinualConfig's
             for quick in (False, True):
                 settings = demo_config(CONFIGS / name, quick)["settings"]
                 settings.pop("bench", None)  # the bench's own section (methods, repetitions)
