@@ -126,3 +126,15 @@ def test_training_with_and_without_the_cache_is_identical(tmp_path):
     assert loss_cached == loss_raw
     for name, tensor in state_raw.items():
         assert torch.equal(tensor, state_cached[name]), name
+
+
+def test_a_batch_norm_encoder_is_cached_only_while_frozen():
+    from trainers.data.feature_cache import training_invariant
+
+    model = build_tiny_model(("point_cloud",))
+    encoder = model.encoders["point_cloud"]
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in encoder.modules())
+    assert training_invariant(encoder), "frozen, Point-BERT keeps its batch norms in evaluation mode"
+    encoder.requires_grad_(True)
+    assert not training_invariant(encoder), "trainable, its batch norms use batch statistics in training mode"
+    assert encoder.training is False, "the check leaves the encoder's mode as it was"

@@ -56,7 +56,7 @@ def _remember(path: Path, features: torch.Tensor):
 def _hash_update_tensor(digest, name: str, tensor: torch.Tensor):
     tensor = tensor.detach().to("cpu").contiguous()
     digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-    digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
 
 
 def encoder_fingerprint(encoder: nn.Module) -> str:
@@ -102,12 +102,20 @@ def media_key(media: Any) -> str:
 
 
 def training_invariant(encoder: nn.Module) -> bool:
-    """Whether the encoder computes the same in training and evaluation mode (no dropout, no batch statistics)."""
-    for module in encoder.modules():
-        if isinstance(module, nn.Dropout) and module.p > 0:
-            return False
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            return False
+    """
+    Whether the encoder computes the same in training and evaluation mode: no dropout and no batch statistics once it
+    is put in training mode (a frozen Point-BERT keeps its batch norms in evaluation mode: that one is invariant).
+    """
+    was_training = encoder.training
+    encoder.train(True)
+    try:
+        for module in encoder.modules():
+            if isinstance(module, nn.Dropout) and module.p > 0 and module.training:
+                return False
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+                return False
+    finally:
+        encoder.train(was_training)
     config = getattr(encoder, "config", None)
     if config is not None:
         for key, value in config.to_dict().items():
