@@ -147,7 +147,6 @@ def main(args: argparse.Namespace) -> int:
         plot_progressive_relative_gain,
         summarize,
     )
-    from trainers.evaluation.metrics import ScoreMatrix, format_report, plot_progressive_relative_gain, summarize
     from trainers.methods import METHODS
 
     # The demo's models are tiny, so thread synchronisation outweighs the arithmetic: one thread ran a training
@@ -162,6 +161,7 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out) / "domain" if domain else Path(args.out)
     demo = demo_config(args.config or DEMO_CONFIGS[args.scenario], args.quick)
     size = "quick" if args.quick else "full"
+    benchmark_dir = out / f"benchmark-{size}-seed{args.seed}"
     started = time.time()
     build_benchmark(benchmark_dir, seed=args.seed, modalities=DOMAINS if domain else MODALITIES, **demo["benchmark"])
     language_model = pretrained_language_model(out / "cache", benchmark_dir, seed=args.seed, **demo["language_model"])
@@ -174,10 +174,6 @@ def main(args: argparse.Namespace) -> int:
             {**entry, "train": f"{entry['name']}/train.jsonl", "test": f"{entry['name']}/test.jsonl"}
             for entry in demo_modality_entries(out / "cache", seed=args.seed, benchmark=benchmark_dir)
         ]
-    modalities = [
-        {**entry, "train": f"{entry['name']}/train.jsonl", "test": f"{entry['name']}/test.jsonl"}
-        for entry in demo_modality_entries(out / "cache", seed=args.seed, benchmark=benchmark_dir)
-    ]
     # The demo's encoders are frozen and its items few: each is encoded once per run (exact; ~4 KB per item).
     demo["settings"].setdefault("feature_cache", str(out / "cache" / "features"))
     base = ContinualConfig(
@@ -190,7 +186,6 @@ def main(args: argparse.Namespace) -> int:
         experts_dir=str(out / f"experts-{size}-seed{args.seed}"),
         smoke_test=args.quick,
     )
-    base = prepare_demo(out, demo, args.seed, args.order, size)
     summaries, timings = [], {}
     (out / "scores").mkdir(parents=True, exist_ok=True)
     for method in methods:

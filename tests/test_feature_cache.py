@@ -5,7 +5,8 @@ from conftest import build_tiny_model, tiny_processor, toy_samples
 from datasets import Dataset
 
 from modeling_mera.encoders import encode_modality
-from trainers.data import MeraDataCollator, load_samples, prompt_with_placeholder, read_media
+from trainers.data import MeraDataCollator, load_samples, read_media
+from trainers.data.conversations import encode_samples
 from trainers.data.feature_cache import EncoderFeatureCache
 from trainers.sft import MeraSFTConfig, MeraSFTTrainer, unwrap_mera
 
@@ -20,12 +21,7 @@ def test_per_sample_preparation_equals_the_processor_on_the_whole_batch(tmp_path
     samples = mixed_samples(tmp_path)
     batch = [samples[i] for i in (0, 7, 13, 2, 8, 15, 1)]
     collator = MeraDataCollator(processor)
-    kinds = {name: m["kind"] for name, m in model.config.modalities.items()}
-    expected = processor(
-        [prompt_with_placeholder(model.config, s) for s in batch],
-        media=[{s["modality"]: read_media(s["media"], kinds[s["modality"]])} for s in batch],
-        answers=[s["answer"] for s in batch],
-    )
+    expected = encode_samples(processor, batch)
     for _ in range(2):  # the second call is served from the collator's memory
         got = collator(batch)
         for key in ("input_ids", "attention_mask", "labels"):

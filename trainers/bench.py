@@ -182,14 +182,9 @@ def llava_twin(model):
 
 def prompt_batch(processor, samples: list[dict]):
     """Left-padded prompts of `samples` with their media, as evaluation generates from them."""
-    from .data import prompt_with_placeholder, read_media
+    from .data.conversations import encode_samples
 
-    kinds = [processor.config.modalities[s["modality"]]["kind"] for s in samples]
-    return processor(
-        [prompt_with_placeholder(processor.config, s) for s in samples],
-        media=[{s["modality"]: read_media(s["media"], kind)} for s, kind in zip(samples, kinds)],
-        padding_side="left",
-    )
+    return encode_samples(processor, samples, "left", for_generation=True)
 
 
 def _timed(function, iterations: int, *args) -> float:

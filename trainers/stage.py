@@ -89,11 +89,11 @@ def _call(plugins: list[StagePlugin], hook: str, ctx: StageContext, timed: bool 
         raise ValueError(f"unknown plug-in hook {hook!r}; the stage loop calls {list(HOOKS)}")
     for plugin in plugins:
         with console.context(phase=plugin.name):  # what the plug-in trains is labelled with its name ("realign")
-        if timed and getattr(type(plugin), hook) is not getattr(StagePlugin, hook):
-            with _timed(ctx, plugin.name):
+            if timed and getattr(type(plugin), hook) is not getattr(StagePlugin, hook):
+                with _timed(ctx, plugin.name):
+                    getattr(plugin, hook)(ctx)
+            else:
                 getattr(plugin, hook)(ctx)
-        else:
-            getattr(plugin, hook)(ctx)
 
 
 def _check_stage_inputs(spec: ModalitySpec, stage: int, previous_tasks: list[str], train_dataset: Dataset):

@@ -1,15 +1,11 @@
 """The collator that feeds `MeraForCausalLM`: reads a batch's media and tokenises its conversations."""
 
+import json
+
 import torch
 
+from .conversations import encode_conversation, encode_samples, sample_messages
 from .media import read_media
-
-
-def prompt_with_placeholder(config, sample: dict) -> str:
-    """The sample's prompt; without an explicit placeholder, the media goes first, as in LLaVA."""
-    placeholder = config.modalities[sample["modality"]]["placeholder"]
-    prompt = sample["prompt"]
-    return prompt if placeholder in prompt else f"{placeholder}\n{prompt}"
 
 
 def _nbytes(value) -> int:
@@ -52,72 +48,56 @@ class MeraDataCollator:
         self._memo: dict[tuple, tuple] = {}
         self._memo_size = 0
 
-    def _key(self, sample: dict) -> tuple | None:
-        media = sample["media"]
-        if not isinstance(media, str):
-            return None  # in-memory media: cheap to re-read, and hashing it would cost as much as preparing it
-        return (sample["modality"], sample["prompt"], sample["answer"], media)
+    def _key(self, sample: dict) -> str | None:
+        if sample.get("media") is not None and not isinstance(sample["media"], str):
+            return None  # in-memory media: hashing it would cost about as much as preparing it
+        return json.dumps(sample, sort_keys=True, default=str)
 
-    def _prepare(self, sample: dict) -> tuple[list[int], list[int], str, object]:
-        """One sample's token ids, labels, modality and model input (features or preprocessed media)."""
-        modality = sample["modality"]
-        if modality not in self.processor.config.modalities:
-            raise ValueError(
-                f"sample {sample['id']}: modality {modality!r} is not in the model "
-                f"(it has {list(self.processor.config.modalities)})"
-            )
+    def _prepare(self, sample: dict) -> tuple[list[int], list[int], str | None, object]:
+        """One sample's token ids, labels, modality (None: text only) and model input (features or media)."""
         key = self._key(sample)
         if key is not None and key in self._memo:
             return self._memo[key]
-        features = self.feature_cache.lookup(sample) if self.feature_cache is not None else None
+        modality = sample.get("modality") if sample.get("media") is not None else None
+        features = None
+        if modality is not None and self.feature_cache is not None:
+            features = self.feature_cache.lookup(sample)
         if features is not None:
-            # The encoder's output is stored: the media need not be read; only the text is tokenised.
+            # The encoder's output is stored: the media need not be read; only the conversation is tokenised.
             ids, labels = self._tokenize(sample)
             prepared = (ids, labels, modality, {"encoder_features": features.unsqueeze(0)})
         else:
-            kind = self.processor.config.modalities[modality]["kind"]
-            batch = self.processor(
-                [prompt_with_placeholder(self.processor.config, sample)],
-                media=[{modality: read_media(sample["media"], kind)}],
-                answers=[sample["answer"]],
-                padding_side=self.padding_side,
-                max_length=self.max_length,
-            )
-            model_input = batch["modality_inputs"][modality]
+            batch = encode_samples(self.processor, [sample], self.padding_side, max_length=self.max_length)
+            model_input = batch["modality_inputs"].get(modality) if modality is not None else None
             prepared = (batch["input_ids"][0].tolist(), batch["labels"][0].tolist(), modality, model_input)
-        model_input = prepared[3]
-        size = _nbytes(model_input) + 16 * len(prepared[0])
+        size = _nbytes(prepared[3]) + 16 * len(prepared[0])
         if key is not None and self._memo_size + size <= self.memo_bytes:
             self._memo[key] = prepared
             self._memo_size += size
         return prepared
 
     def _tokenize(self, sample: dict) -> tuple[list[int], list[int]]:
-        """Token ids and labels of one sample as `MeraProcessor.__call__` makes them (the answer cut at max_length)."""
-        prompt_ids, counts = self.processor.encode_prompt(prompt_with_placeholder(self.processor.config, sample))
+        """Token ids and labels of one sample with media, as `encode_samples` makes them."""
+        config = self.processor.config
+        ids, labels, counts = encode_conversation(self.processor, sample_messages(config, sample))
         if counts != {sample["modality"]: 1}:
-            raise ValueError(
-                f"sample {sample['id']}: the prompt must name one {sample['modality']} item, got {counts}"
-            )
-        if self.max_length is not None and len(prompt_ids) > self.max_length:
-            raise ValueError(
-                f"sample {sample['id']}: the prompt alone is {len(prompt_ids)} tokens, over max_length "
-                f"{self.max_length}"
-            )
-        answer_ids = self.processor.encode_answer(sample["answer"])
-        ids, labels = prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
-        if self.max_length is not None:
+            raise ValueError(f"sample {sample.get('id', '?')}: its conversation names media {dict(counts)}")
+        if self.max_length is not None and len(ids) > self.max_length:
+            token = config.modality(sample["modality"]).placeholder_token_id
+            if ids[: self.max_length].count(token) != ids.count(token):
+                raise ValueError(f"sample {sample.get('id', '?')}: max_length {self.max_length} would cut its media")
             ids, labels = ids[: self.max_length], labels[: self.max_length]
         return ids, labels
 
     def __call__(self, samples: list[dict]) -> dict:
         prepared = [self._prepare(sample) for sample in samples]
-        batch = self.processor._pad(
+        batch = self.processor.pad(
             [ids for ids, _, _, _ in prepared], [labels for _, labels, _, _ in prepared], self.padding_side
         )
         by_modality: dict[str, list[int]] = {}
         for index, (_, _, modality, _) in enumerate(prepared):
-            by_modality.setdefault(modality, []).append(index)
+            if modality is not None:
+                by_modality.setdefault(modality, []).append(index)
         batch["modality_inputs"] = {}
         for name, indices in by_modality.items():
             inputs = [prepared[index][3] for index in indices]

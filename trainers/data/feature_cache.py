@@ -155,13 +155,13 @@ class EncoderFeatureCache:
         ).hexdigest()
         return f"{name}-{key[:24]}"
 
-    def _path(self, name: str, media: Any) -> Path | None:
-        namespace = self.namespaces.get(name)
+    def _path(self, name: str | None, media: Any) -> Path | None:
+        namespace = self.namespaces.get(name) if media is not None else None
         return None if namespace is None else self.root / namespace / f"{media_key(media)}.pt"
 
     # --- reading ------------------------------------------------------------------------------------------------
     def lookup(self, sample: dict) -> torch.Tensor | None:
-        path = self._path(sample["modality"], sample["media"])
+        path = self._path(sample.get("modality"), sample.get("media"))
         if path is None:
             return None
         features = _MEMORY.get(path)
@@ -220,14 +220,14 @@ class EncoderFeatureCache:
         from modeling_mera.encoders import encode_modality
 
         samples = list(samples)
-        for name in sorted({sample["modality"] for sample in samples}):
+        for name in sorted({s["modality"] for s in samples if s.get("media") is not None}):
             if name in model.encoders and name not in self.namespaces:
                 namespace = self.namespace(model, processor, name)
                 if namespace is not None:
                     self.namespaces[name] = namespace
         pending: dict[str, dict[Path, Any]] = {}
         for sample in samples:
-            path = self._path(sample["modality"], sample["media"])
+            path = self._path(sample.get("modality"), sample.get("media"))
             if path is not None and not path.exists():
                 pending.setdefault(sample["modality"], {})[path] = sample["media"]
         usage = self._usage() if pending else []
