@@ -86,7 +86,9 @@ def test_every_recipe_config_parses_and_plans_without_downloading():
     # demo*.yaml and bench.yaml are not ContinualConfigs: `mera demo` and `mera bench` generate their stages
     # (test_demo.py builds a plan).
     configs = sorted(
-        p for p in (ROOT / "recipes" / "configs").glob("*.yaml") if not p.name.startswith("demo") and p.name != "bench.yaml"
+        p
+        for p in (ROOT / "recipes" / "configs").glob("*.yaml")
+        if not p.name.startswith("demo") and p.name != "bench.yaml"
     )
     assert {path.name for path in configs} >= {"paper_sequential.yaml", "paper_reverse.yaml"}
     for path in configs:
