@@ -31,6 +31,8 @@ def build_parser() -> tuple[TrlParser, dict]:
     parser = TrlParser(
         prog="mera",
         description="mera-mcl: teach a multimodal LLM new modalities one after another without losing the old ones.",
+        epilog="A mistake in a flag, config, data file or checkpoint ends with one 'mera: error: ...' line and exit "
+        "code 2; add --debug (anywhere) to see the traceback.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands = {}
@@ -41,7 +43,14 @@ def build_parser() -> tuple[TrlParser, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run `mera ARGV`; a user error (`trainers.errors.UserError`: a flag, config field, data file or checkpoint)
+    prints one line and returns 2, and `--debug` (anywhere) shows its traceback."""
+    from trainers.errors import run_entry_point
+
+    return run_entry_point(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     parser, commands = build_parser()
     # The sub-command's own `run` parses its arguments (a YAML `--config` among them); this pass finds which it is.
     args, _ = parser.parse_known_args(argv)

@@ -6,15 +6,18 @@ Every stage of one continual-learning method, in one modality order, evaluated a
     mera continual --config recipes/configs/paper_sequential.yaml --data_root /data/mera --method mera
 
 Resumable: a killed run continues at its last finished stage (a finished stage is never re-trained), and within a
-stage after its merge. `--dry_run` lists each stage's data with counts and checks every media file, without
-loading a model. Any field of the YAML can be overridden on the command line (`--replay_ratio 1`,
-`--finetune_learning_rate 1e-4`, `--lora_r 64`). `--push_to_hub true --hub_model_id org/name` pushes each stage to
-the Hub branch `stage-i` as it finishes (see `trainers.hub`). Under several processes, evaluation splits the test
-set across them.
+stage after its merge. Before anything is written, every setting and every stage's data and media are checked;
+`--dry_run` prints that check (each stage's data with counts, every bad row, missing or unreadable media file and
+setting problem) without loading a model. Any field of the YAML can be overridden on the command line
+(`--replay_ratio 1`, `--finetune_learning_rate 1e-4`, `--lora_r 64`). A user error ends with one message and exit
+code 2 (`--debug` shows the traceback). `--push_to_hub true --hub_model_id org/name` pushes each stage to the Hub
+branch `stage-i` as it finishes (see `trainers.hub`). Under several processes, evaluation splits the test set
+across them.
 """
 
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from trl import TrlParser
 
@@ -36,15 +39,13 @@ def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
 
 
 def dry_run(config: ContinualConfig) -> dict:
-    """Per stage: its data sets with counts, and every missing data or media file (streamed; no model loaded)."""
+    """The check every run makes before it starts (`trainers.validation.validate_run`): per stage its data sets
+    with counts, every missing data file, bad row and missing or unreadable media file, and every setting's
+    problem (streamed; no model loaded, nothing written)."""
     from trainers.continual import build_stage_plan
-    from trainers.data.converters import dry_run_report
+    from trainers.validation import validate_run
 
-    stages = [
-        {"stage": step.stage, "modality": step.spec.name, "train": step.train_files, "test": step.test_files}
-        for step in build_stage_plan(config)
-    ]
-    return dry_run_report(stages, config.data_root)
+    return validate_run(config, build_stage_plan(config))
 
 
 def main(config: ContinualConfig, script_args: ScriptArguments) -> int:
@@ -57,14 +58,21 @@ def main(config: ContinualConfig, script_args: ScriptArguments) -> int:
     from trainers.continual import run_continual
 
     summary = run_continual(config)
+    print((Path(config.output_dir) / "report.txt").read_text().rstrip())
     print(f"mean Backward Relative Gain {summary['backward_mean']:.2f}%; results in {config.output_dir}")
     return 0
 
 
 def run(parser: TrlParser, argv: list[str] | None = None) -> int:
-    config, script_args = parser.parse_args_and_config(argv)
+    from trainers.errors import parse_config
+
+    config, script_args = parse_config(parser, argv)
     return main(config, script_args)
 
 
 if __name__ == "__main__":
-    sys.exit(run(make_parser(prog="recipes/continual.py")))
+    from trainers.errors import run_entry_point
+
+    sys.exit(
+        run_entry_point(lambda argv: run(make_parser(prog="recipes/continual.py"), argv), prog="recipes/continual.py")
+    )

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from ..errors import UserError, UserFileNotFoundError
 from .media import MediaError
 
 TASKS = ("caption", "qa")
@@ -41,15 +42,15 @@ def _normalize_row(row: dict, where: str, media_root: Path | None, defaults: dic
         human = next((turn["value"] for turn in turns if turn.get("from") in ("human", "user")), None)
         answer = next((turn["value"] for turn in turns if turn.get("from") in ("gpt", "assistant")), None)
         if human is None or answer is None:
-            raise ValueError(f"{where}: 'conversations' needs a human turn and a gpt turn, got {turns!r}")
+            raise UserError(f"{where}: 'conversations' needs a human turn and a gpt turn, got {turns!r}")
         modality = row.get("modality") or next((key for key in LLAVA_MODALITY_KEYS if key in row), None)
         row = {**row, "prompt": human, "answer": answer, "modality": modality, "media": row.get(modality)}
     missing = [key for key in ("modality", "prompt", "answer") if row.get(key) in (None, "")]
     if missing:
-        raise ValueError(f"{where}: missing field(s) {missing}; a sample needs modality, media, prompt and answer")
+        raise UserError(f"{where}: missing field(s) {missing}; a sample needs modality, media, prompt and answer")
     task = row.get("task", "caption")
     if task not in TASKS:
-        raise ValueError(f"{where}: field 'task' must be one of {TASKS}, got {task!r}")
+        raise UserError(f"{where}: field 'task' must be one of {TASKS}, got {task!r}")
     media = row.get("media")
     if isinstance(media, str) and media_root is not None and not os.path.isabs(media):
         media = str(media_root / media)
@@ -83,7 +84,7 @@ def load_samples(
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(f"sample file not found: {path}")
+            raise UserFileNotFoundError(f"sample file not found: {path}")
         media_root = Path(media_root) if media_root is not None else path.parent
         rows = _read_json_rows(path)
         name = str(path)
@@ -93,7 +94,7 @@ def load_samples(
         name = "dataset"
     samples = [_normalize_row(dict(row), f"{name}, row {i + 1}", media_root, defaults) for i, row in enumerate(rows)]
     if not samples:
-        raise ValueError(f"{name}: no samples")
+        raise UserError(f"{name}: no samples")
     if check_media:
         check_media_files(samples, name)
     return Dataset.from_list(samples)
@@ -108,14 +109,14 @@ def _read_json_rows(path: Path) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg})") from error
+                    raise UserError(f"{path}, line {number}: not valid JSON ({error.msg})") from error
         return rows
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from error
+        raise UserError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from error
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of samples (or a .jsonl file), got {type(data).__name__}")
+        raise UserError(f"{path}: expected a JSON list of samples (or a .jsonl file), got {type(data).__name__}")
     return data
 
 

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from ..data import TASKS, prompt_with_placeholder, read_media
 from ..distributed import process_state
 from .cider import score_captions
-from .judges import Judge, get_judge, score_qa
+from .judges import DEFAULT_MAX_FAILURE_RATE, Judge, check_failure_rate, get_judge, score_qa
 
 __all__ = ["generate_predictions", "score_predictions", "evaluate_model"]
 
@@ -119,17 +119,24 @@ def generate_predictions(
     return predictions
 
 
-def score_predictions(samples: Sequence[dict], predictions: Sequence[str], judge: Judge | str | None = None) -> dict:
+def score_predictions(
+    samples: Sequence[dict],
+    predictions: Sequence[str],
+    judge: Judge | str | None = None,
+    max_judge_failure_rate: float = DEFAULT_MAX_FAILURE_RATE,
+) -> dict:
     """Score predictions per dataset: CIDEr-D x 100 for caption sets, judged accuracy for QA sets.
 
     Args:
         samples: the test samples (each with `dataset`, `task`, `modality`, `prompt`, `answer`).
         predictions: one predicted text per sample.
         judge: a `Judge`, a judge name, or `None` for the default (`gpt` with `OPENAI_API_KEY`, else `match`).
+        max_judge_failure_rate: the share of a QA set's verdicts that may fail; above it, every set is scored
+            and then `JudgeFailureError` reports them all (see `trainers.judges.check_failure_rate`).
 
     Returns:
         `{"scores": {dataset: score}, "datasets": {dataset: details}}`; the details hold the modality, task, metric,
-        number of samples and, for QA sets, the judge and its failures.
+        number of samples and, for QA sets, the judge and its failures (`num_failures`, `num_judged`).
     """
     samples = list(samples)
     if len(samples) != len(predictions):
@@ -141,7 +148,7 @@ def score_predictions(samples: Sequence[dict], predictions: Sequence[str], judge
     if judge is None or isinstance(judge, str):
         judge = get_judge(judge) if any(s["task"] == "qa" for s in samples) else None
 
-    scores, details = {}, {}
+    scores, details, judged = {}, {}, {}
     for dataset, indices in groups.items():
         tasks = {samples[i]["task"] for i in indices}
         modalities = {samples[i]["modality"] for i in indices}
@@ -159,9 +166,11 @@ def score_predictions(samples: Sequence[dict], predictions: Sequence[str], judge
             questions = [samples[i]["prompt"] for i in indices]
             result = score_qa(judge, questions, answers, dataset_predictions)
             result["score"] = result["accuracy"]
+            judged[dataset] = dict(result)
         per_sample = result.pop("per_sample", None) or result.pop("verdicts", None)
         details[dataset] = {"modality": modalities.pop(), "task": task, **result, "per_sample": per_sample}
         scores[dataset] = result["score"]
+    check_failure_rate(judged, max_judge_failure_rate)
     return {"scores": scores, "datasets": details}
 
 
@@ -174,13 +183,16 @@ def evaluate_model(
     max_new_tokens: int = 32,
     output_file: str | os.PathLike | None = None,
     progress: bool = True,
+    max_judge_failure_rate: float = DEFAULT_MAX_FAILURE_RATE,
     **generate_kwargs,
 ) -> dict:
     """Generate an answer for every sample, score every dataset, and optionally write it all to `output_file`.
 
     Returns `{"scores": {dataset: score}, "datasets": {...}, "predictions": [{"id", "dataset", "prediction",
     "answer"}, ...]}`, plus `"routing"` for a model that routes inputs to experts (MR-LoRA's `routing_summary`:
-    router accuracy, fallbacks, experts chosen). The JSON file is written atomically (temp file, then rename).
+    router accuracy, fallbacks, experts chosen). The JSON file is written atomically (temp file, then rename), and
+    only when the scores are kept: a judge that failed on more than `max_judge_failure_rate` of a QA set raises
+    `JudgeFailureError` instead, so a rerun judges again.
 
     Under several processes, generation is split across them (see `generate_predictions`), the main process scores
     and writes the file, and every process returns the same result.
@@ -197,7 +209,7 @@ def evaluate_model(
     outcome = [None]
     if state.is_main_process:
         try:
-            outcome[0] = _scored_result(model, samples, predictions, judge, output_file)
+            outcome[0] = _scored_result(model, samples, predictions, judge, output_file, max_judge_failure_rate)
         except Exception as error:  # shared, so that no process waits forever for a result that never comes
             outcome[0] = error
     if state.num_processes > 1:
@@ -207,8 +219,10 @@ def evaluate_model(
     return outcome[0]
 
 
-def _scored_result(model, samples: list[dict], predictions: list[str], judge, output_file) -> dict:
-    result = score_predictions(samples, predictions, judge)
+def _scored_result(
+    model, samples: list[dict], predictions: list[str], judge, output_file, max_judge_failure_rate: float
+) -> dict:
+    result = score_predictions(samples, predictions, judge, max_judge_failure_rate)
     if hasattr(model, "routing_summary"):
         result["routing"] = model.routing_summary()
     result["predictions"] = [
@@ -228,3 +242,4 @@ def _scored_result(model, samples: list[dict], predictions: list[str], judge, ou
         temporary.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(temporary, path)
     return result
+
