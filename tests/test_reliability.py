@@ -29,8 +29,8 @@ from trainers.continual import build_processor_from_dict, build_stage_plan, open
 from trainers.data.replay import ReplayBuffer
 from trainers.errors import UserError
 from trainers.run_lock import RunLock, RunLockedError
-from trainers.settings import ContinualConfig
 from trainers.safety import REDACTED, confined_path, feature_processor_class, find_secrets, redact_secrets
+from trainers.settings import ContinualConfig
 from trainers.validation import RESUMABLE_SETTINGS, validate_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,7 +184,7 @@ def saved_stage(folder: Path) -> Path:
     model = build_tiny_model(("image",))
     samples = toy_samples(folder / "media", "image", count=2)
     replay = ReplayBuffer()
-    replay.add_stage(1, Dataset.from_list(samples), ratio_percent=50, seed=0)
+    replay.add_stage(1, Dataset.from_list(samples), replay_ratio=50, seed=0)
     info = {"stage": 1, "modality": "image", "settings": {"finetune": {"hub_token": "hf_secret_value"}}}
     save_stage(model, tiny_processor(model), replay, info, folder / "stage-1")
     return folder / "stage-1"
