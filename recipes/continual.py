@@ -64,14 +64,14 @@ def main(config: ContinualConfig, script_args: ScriptArguments) -> int:
 
 
 def run(parser: TrlParser, argv: list[str] | None = None) -> int:
-    from trainers.errors import parse_config
+    from recipes.cli import parse_config
 
     config, script_args = parse_config(parser, argv)
     return main(config, script_args)
 
 
 if __name__ == "__main__":
-    from trainers.errors import run_entry_point
+    from recipes.cli import run_entry_point
 
     sys.exit(
         run_entry_point(lambda argv: run(make_parser(prog="recipes/continual.py"), argv), prog="recipes/continual.py")

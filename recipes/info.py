@@ -81,6 +81,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from trainers.errors import run_entry_point
+    from recipes.cli import run_entry_point
 
     sys.exit(run_entry_point(lambda argv: run(make_parser(prog="recipes/info.py"), argv), prog="recipes/info.py"))

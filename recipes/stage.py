@@ -75,13 +75,13 @@ def main(config: ContinualConfig, args: StageArguments) -> int:
 
 
 def run(parser: TrlParser, argv: list[str] | None = None) -> int:
-    from trainers.errors import parse_config
+    from recipes.cli import parse_config
 
     config, stage_args = parse_config(parser, argv)
     return main(config, stage_args)
 
 
 if __name__ == "__main__":
-    from trainers.errors import run_entry_point
+    from recipes.cli import run_entry_point
 
     sys.exit(run_entry_point(lambda argv: run(make_parser(prog="recipes/stage.py"), argv), prog="recipes/stage.py"))

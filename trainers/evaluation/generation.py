@@ -132,7 +132,7 @@ def score_predictions(
         predictions: one predicted text per sample.
         judge: a `Judge`, a judge name, or `None` for the default (`gpt` with `OPENAI_API_KEY`, else `match`).
         max_judge_failure_rate: the share of a QA set's verdicts that may fail; above it, every set is scored
-            and then `JudgeFailureError` reports them all (see `trainers.judges.check_failure_rate`).
+            and then `JudgeFailureError` reports them all (see `trainers.evaluation.judges.check_failure_rate`).
 
     Returns:
         `{"scores": {dataset: score}, "datasets": {dataset: details}}`; the details hold the modality, task, metric,
