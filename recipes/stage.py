@@ -44,9 +44,8 @@ def main(config: ContinualConfig, args: StageArguments) -> int:
     from trainers.continual import base_model_and_processor, build_stage_plan, load_stage_data, open_run
     from trainers.errors import UserError, UserFileNotFoundError
     from trainers.methods import get_method_plugins
-    from trainers.stage import check_runtime, run_stage
+    from trainers.stage import run_stage
 
-    check_runtime(config)
     plan = build_stage_plan(config)
     if not 1 <= args.stage <= len(plan):
         raise UserError(f"--stage must be between 1 and {len(plan)} for this config, got {args.stage}")

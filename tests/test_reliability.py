@@ -58,7 +58,6 @@ def recipe(*args: str) -> subprocess.CompletedProcess:
         ({"judge": "gpt4"}, "judge: 'gpt4' is not a judge"),
         ({"test_limit": 0}, "test_limit: a positive whole number"),
         ({"finetune_args": {"num_epochs": 3}}, "finetune_args: ['num_epochs'] are not MeraSFTConfig"),
-        ({"lora": {"rank": 4}}, "lora: ['rank'] are not peft LoraConfig settings"),
         ({"dtype": "float33"}, "dtype: 'float33' is not a torch dtype"),
     ],
 )

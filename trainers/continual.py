@@ -38,7 +38,7 @@ from .methods import get_method_plugins
 from .run_lock import RunLock
 from .safety import feature_processor_class, redact_secrets
 from .settings import MODALITY_KEYS, ContinualConfig, ModalitySpec
-from .stage import check_runtime, run_stage
+from .stage import run_stage
 from .validation import RESUMABLE_SETTINGS, check_run
 
 logger = logging.getLogger(__name__)
@@ -150,8 +150,7 @@ def open_run(config: ContinualConfig, plan: list[StagePlan]):
     Everything a run checks before it writes: every setting and every stage's data and media (`check_run`), then
     the run folder's lock (one process at a time), then `run_config.json` (the same run, or a new one).
     """
-    check_run(config, plan)
-    check_runtime(config)  # e.g. load_in_4bit without CUDA: refused before anything is written
+    check_run(config, plan)  # with the stage loop's check_runtime (e.g. load_in_4bit without CUDA)
     output_dir = Path(config.output_dir)
     with RunLock(output_dir) if process_state().is_main_process else nullcontext():
         _check_run_config(config, output_dir)

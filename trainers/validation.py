@@ -16,7 +16,6 @@ module owns (e.g. a method's own argument rules) plugs in by appending to that l
 import importlib.util
 import os
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 
 from .errors import UserError
@@ -31,6 +30,7 @@ RESUMABLE_SETTINGS = (
     "eval_batch_size",
     "train_experts",
     "push_to_hub",
+    "hub_model_id",
     "hub_private_repo",
     "max_judge_failure_rate",
     "validate_media",
@@ -78,29 +78,15 @@ def _check_method(config, plan) -> list[str]:
     return problems
 
 
-def _check_phase_settings(config, plan) -> list[str]:
-    """Per-phase trainer settings name `MeraSFTConfig` fields; LoRA settings name `LoraConfig` fields."""
-    from peft import LoraConfig
+def _check_runtime(config, plan) -> list[str]:
+    """The stage loop's own check: per-phase `MeraSFTConfig` fields, and what the machine must offer (4-bit)."""
+    from .stage import check_runtime
 
-    from .sft import MeraSFTConfig
-
-    problems = []
-    known = {f.name for f in fields(MeraSFTConfig)}
-    for name in ("pretrain_args", "finetune_args", "realign_args"):
-        value = getattr(config, name)
-        if value is None:
-            continue
-        if not isinstance(value, dict):
-            problems.append(f"{name}: expected a mapping of MeraSFTConfig settings, got {value!r}")
-            continue
-        unknown = sorted(set(value) - known)
-        if unknown:
-            problems.append(f"{name}: {unknown} are not MeraSFTConfig (TRL SFTConfig) settings")
-    lora_known = {f.name for f in fields(LoraConfig)}
-    unknown = sorted(set(config.lora or {}) - lora_known)
-    if unknown:
-        problems.append(f"lora: {unknown} are not peft LoraConfig settings")
-    return problems
+    try:
+        check_runtime(config)
+    except (ValueError, ImportError, RuntimeError) as error:
+        return [str(error)]
+    return []
 
 
 def _check_scoring(config, plan) -> list[str]:
@@ -181,7 +167,7 @@ def _check_secrets(config, plan) -> list[str]:
 
 SETTING_CHECKS: list[SettingCheck] = [
     _check_method,
-    _check_phase_settings,
+    _check_runtime,
     _check_scoring,
     _check_models,
     _check_secrets,
