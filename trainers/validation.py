@@ -193,8 +193,9 @@ def validate_run(config, plan, decode_media: bool | None = None) -> dict:
             "stage": step.stage,
             "modality": step.spec.name,
             "kind": step.spec.kind or step.spec.name,
-            "train": [str(path) for path in step.train_files],
-            "test": [str(path) for path in step.test_files],
+            # The plan's paths already start at data_root: absolute, so that the report does not join it again.
+            "train": [os.path.abspath(path) for path in step.train_files],
+            "test": [os.path.abspath(path) for path in step.test_files],
         }
         for step in plan
     ]
