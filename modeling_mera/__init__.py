@@ -7,6 +7,7 @@ This folder imports only torch, transformers and itself (single-level relative i
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
+from .beats import BeatsConfig, BeatsModel
 from .configuration_mera import MeraConfig, MeraModalityConfig, PointBertConfig
 from .connectors import MeraMLPConnector, MeraQFormerConnector
 from .encoders import PointBertModel, load_pretrained_encoder
@@ -26,6 +27,8 @@ for auto_class in (AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText)
 AutoProcessor.register(MeraConfig, MeraProcessor, exist_ok=True)
 
 __all__ = [
+    "BeatsConfig",
+    "BeatsModel",
     "MeraBatch",
     "MeraConfig",
     "MeraForCausalLM",

@@ -7,6 +7,8 @@ from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
 
+from .beats import BeatsConfig
+
 MODALITY_KINDS = ("image", "video", "audio", "point_cloud")
 # Every auto class resolves to the full model: `AutoModel.from_pretrained(repo)` must give logits and `generate`.
 DEFAULT_AUTO_MAP = {
@@ -20,12 +22,14 @@ CONNECTOR_TYPES = ("mlp", "linear", "qformer")
 
 class PointBertConfig(PreTrainedConfig):
     r"""
-    Configuration of the Point-BERT-style point-cloud encoder built into mera-mcl (transformers has none).
+    Configuration of the Point-BERT point-cloud encoder built into mera-mcl (transformers has none).
 
-    A cloud of `num_points` points (xyz, optionally followed by `point_channels - 3` extra channels such as rgb) is
-    cut into `num_groups` local patches: centres by farthest point sampling, `group_size` nearest neighbours each.
-    A mini-PointNet embeds each patch into a token, a transformer encoder mixes the tokens, and a CLS token is
-    prepended, so the encoder yields `num_groups + 1` tokens of size `hidden_size`.
+    A cloud of `num_points` points (xyz, optionally followed by `point_channels - 3` extra channels such as rgb, as
+    PointLLM's Point-BERT v1.2 reads them) is cut into `num_groups` local patches: centres by farthest point sampling,
+    `group_size` nearest neighbours each. A mini-PointNet embeds each patch into an `encoder_dims` vector, projected
+    to `hidden_size`; a CLS token is prepended and a transformer mixes the tokens, so the encoder yields
+    `num_groups + 1` tokens. The defaults are Point-BERT's (`trans_dim` 384, `depth` 12, `num_heads` 6,
+    `encoder_dims` 256, no qkv bias, LayerNorm eps 1e-5) with v1.2's 512 groups of 32 points.
     """
 
     model_type = "mera_point_bert"
@@ -35,38 +39,43 @@ class PointBertConfig(PreTrainedConfig):
         point_channels: int = 3,
         num_groups: int = 512,
         group_size: int = 32,
+        encoder_dims: int = 256,
         hidden_size: int = 384,
         num_hidden_layers: int = 12,
         num_attention_heads: int = 6,
         intermediate_size: int = 1536,
         hidden_act: str = "gelu",
-        layer_norm_eps: float = 1e-6,
+        qkv_bias: bool = False,
+        layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         **kwargs,
     ):
         self.point_channels = point_channels
         self.num_groups = num_groups
         self.group_size = group_size
+        self.encoder_dims = encoder_dims
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads
         self.intermediate_size = intermediate_size
         self.hidden_act = hidden_act
+        self.qkv_bias = qkv_bias
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
 
 
 def encoder_config_from_dict(config: dict | PreTrainedConfig, where: str) -> PreTrainedConfig:
-    """Rebuild an encoder config from its `to_dict()` form: any transformers config, or the built-in Point-BERT one."""
+    """Rebuild an encoder config from its `to_dict()` form: any transformers config, or Point-BERT's or BEATs'."""
     if isinstance(config, PreTrainedConfig):
         return config
     if not isinstance(config, dict) or "model_type" not in config:
         raise ValueError(f"{where}: expected a transformers config or a dict with a 'model_type', got {config!r}")
     config = dict(config)
     model_type = config.pop("model_type")
-    if model_type == PointBertConfig.model_type:
-        return PointBertConfig(**config)
+    built_in = {config_class.model_type: config_class for config_class in (PointBertConfig, BeatsConfig)}
+    if model_type in built_in:
+        return built_in[model_type](**config)
     try:
         return AutoConfig.for_model(model_type, **config)
     except ValueError as error:
@@ -85,10 +94,12 @@ class MeraModalityConfig:
     kind: str
     """How inputs are encoded: 'image', 'video' (image encoder per frame + pooling), 'audio' or 'point_cloud'."""
     encoder_config: dict
-    """The encoder's config as `PreTrainedConfig.to_dict()` (any HF vision/audio encoder, or `PointBertConfig`)."""
+    """The encoder's config as `PreTrainedConfig.to_dict()` (any HF vision/audio encoder, `PointBertConfig` or
+    `BeatsConfig`)."""
     connector: dict = field(default_factory=lambda: {"type": "mlp", "depth": 2, "activation": "gelu"})
     """'mlp' (`depth`, `activation`; depth 2 + gelu is LLaVA's mlp2x_gelu), 'linear', or 'qformer'
-    (`num_query_tokens`, `qformer_config`: a BERT-like dict of `Blip2QFormerConfig` fields)."""
+    (`num_query_tokens`, `qformer_config`: a BERT-like dict of `Blip2QFormerConfig` fields, `init_from`: a BERT
+    checkpoint, Hub id or folder, that `add_modality` starts the Q-Former from, as BLIP-2 does)."""
     placeholder: str = ""
     """Placeholder string in prompts, e.g. '<audio>'. Defaults to '<name>'."""
     placeholder_token_id: int = -1
@@ -271,4 +282,4 @@ class MeraConfig(PreTrainedConfig):
         return {name: modality["placeholder_token_id"] for name, modality in self.modalities.items()}
 
 
-__all__ = ["MeraConfig", "MeraModalityConfig", "PointBertConfig"]
+__all__ = ["BeatsConfig", "MeraConfig", "MeraModalityConfig", "PointBertConfig"]

@@ -45,6 +45,12 @@ class MeraPreTrainedModel(PreTrainedModel):
         # place over loaded weights; this `_init_weights` only uses the flag-respecting `init` functions.
         super()._initialize_weights(module, is_custom_code=False)
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        # PEFT 0.21 reads this alias, deprecated in transformers 5.24, whenever it wraps a model; answer it with the
+        # current name so that every LoRA stage does not print a FutureWarning.
+        return self.is_activation_checkpointing
+
 
 class MeraModel(MeraPreTrainedModel):
     """
@@ -412,14 +418,16 @@ class MeraForCausalLM(MeraPreTrainedModel, GenerationMixin):
             kind: 'image', 'video', 'audio' or 'point_cloud'; defaults to `name` when that is a kind.
             encoder_config: the encoder's config. Not needed when `encoder_weights` is given.
             connector: e.g. `{"type": "mlp", "depth": 2, "activation": "gelu"}` or
-                `{"type": "qformer", "num_query_tokens": 32, "qformer_config": {...}}`. Defaults to mlp2x_gelu.
-            encoder_weights: a Hub id or local folder of a pre-trained encoder to load.
+                `{"type": "qformer", "num_query_tokens": 32, "qformer_config": {...}, "init_from": ...}`
+                (a Q-Former started from that BERT checkpoint, as BLIP-2's is). Defaults to mlp2x_gelu.
+            encoder_weights: a Hub id or local folder of a pre-trained encoder to load, or a released BEATs (audio) or
+                Point-BERT (point cloud, configured by `encoder_config`) checkpoint file.
             modality_options: further `MeraModalityConfig` fields (num_frames, feature_layer, num_tokens, ...).
         """
         kind = kind or name
         encoder = None
         if encoder_weights is not None:
-            encoder = load_pretrained_encoder(kind, encoder_weights)
+            encoder = load_pretrained_encoder(kind, encoder_weights, encoder_config)
             if encoder._can_set_attn_implementation():
                 encoder.set_attn_implementation(self.config._attn_implementation)
             encoder_config = encoder.config
@@ -437,6 +445,8 @@ class MeraForCausalLM(MeraPreTrainedModel, GenerationMixin):
             # Q-Former's queries) is kept, so a seed gives the same model as it always did.
             for child in self.connectors[name].children():
                 child.apply(self._init_weights)
+            if modality.connector.get("init_from"):
+                self.connectors[name].load_bert_weights()
             device, dtype = self.lm_head.weight.device, self.lm_head.weight.dtype
             self.encoders[name].to(device)
             self.connectors[name].to(device, dtype)

@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import transformers
 from transformers import BatchFeature, ProcessorMixin
 from transformers.audio_utils import load_audio
 from transformers.image_utils import load_image
+from transformers.utils import is_torchvision_available
 from transformers.video_utils import load_video
 
 from .configuration_mera import MODALITY_KINDS, MeraConfig, MeraModalityConfig
@@ -85,12 +87,21 @@ class MeraBatch(BatchFeature):
 
 
 def resample(waveform: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
-    """Band-limited (FFT) resampling: truncating the spectrum is the ideal low-pass that avoids aliasing."""
+    """Resample a mono waveform with soxr (high quality), as transformers' own audio loading does (its `audio` extra).
+
+    soxr is needed only when a clip's rate differs from the feature extractor's; mera-mcl declares it, and a model
+    loaded from the Hub without mera-mcl asks for it then. (Inside `try` so that transformers' remote-code import
+    check does not demand it of every user.)
+    """
     if orig_rate == target_rate:
         return waveform
-    num_out = max(1, round(len(waveform) * target_rate / orig_rate))
-    spectrum = np.fft.rfft(waveform)
-    return (np.fft.irfft(spectrum, n=num_out) * (num_out / len(waveform))).astype(np.float32)
+    try:
+        import soxr
+    except ImportError:
+        raise ImportError(
+            f"Resampling audio from {orig_rate} Hz to {target_rate} Hz needs the `soxr` package: pip install soxr"
+        ) from None
+    return soxr.resample(np.asarray(waveform, dtype=np.float32), orig_rate, target_rate, quality="HQ")
 
 
 def normalize_point_cloud(points: np.ndarray, num_points: int, rng: np.random.Generator) -> np.ndarray:
@@ -451,13 +462,14 @@ class MeraProcessor(ProcessorMixin):
                 )
             items_by_modality[name] = items
 
-        batch = MeraBatch(self._pad(sequences, label_sequences if answer_list is not None else None, padding_side))
+        batch = MeraBatch(self.pad(sequences, label_sequences if answer_list is not None else None, padding_side))
         batch["modality_inputs"] = {
             name: self.prepare_modality(name, items, sampling_rate) for name, items in items_by_modality.items()
         }
         return batch
 
-    def _pad(self, sequences: list[list[int]], labels: list[list[int]] | None, padding_side: str) -> dict:
+    def pad(self, sequences: list[list[int]], labels: list[list[int]] | None, padding_side: str) -> dict:
+        """Pad token id sequences (and their labels, with -100) to one length: `input_ids`, `attention_mask`."""
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
             pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
@@ -511,6 +523,13 @@ def _feature_processor_from_dict(name: str, settings: dict) -> Any:
             f"modality_processors[{name!r}] needs an 'image_processor_type' or 'feature_extractor_type', got keys "
             f"{sorted(settings)}"
         )
+    if "image_processor_type" in settings and not is_torchvision_available():
+        # transformers saves an image processor under its torchvision class name even when the PIL class
+        # (`CLIPImageProcessorPil`) was used; without torchvision, load that PIL class (else transformers falls back
+        # to it with a warning).
+        pil_class = getattr(transformers, f"{class_name}Pil", None)
+        if pil_class is not None:
+            return pil_class.from_dict(settings)
     return ProcessorMixin.get_possibly_dynamic_module(class_name).from_dict(settings)
 
 

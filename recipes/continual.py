@@ -6,13 +6,14 @@ Every stage of one continual-learning method, in one modality order, evaluated a
     mera continual --config recipes/configs/paper_sequential.yaml --data_root /data/mera --method mera
 
 Resumable: a killed run continues at its last finished stage (a finished stage is never re-trained), and within a
-stage after its merge. Before anything is written, every setting and every stage's data and media are checked;
-`--dry_run` prints that check (each stage's data with counts, every bad row, missing or unreadable media file and
-setting problem) without loading a model. Any field of the YAML can be overridden on the command line
-(`--replay_ratio 1`, `--finetune_learning_rate 1e-4`, `--lora_r 64`). A user error ends with one message and exit
-code 2 (`--debug` shows the traceback). `--push_to_hub true --hub_model_id org/name` pushes each stage to the Hub
-branch `stage-i` as it finishes (see `trainers.hub`). Under several processes, evaluation splits the test set
-across them.
+stage after its merge. Before anything is written, every setting, every stage's data and media and every local
+pretrained checkpoint are checked; `--dry_run` prints that check (each stage's data with counts, every bad row,
+missing or unreadable media file and setting problem, then the pretrained checkpoints the config names - language
+model, encoders, Q-Former init - and where each is expected) without loading a model, and exits with 1 when
+anything is wrong. Any field of the YAML can be overridden on the command line (`--replay_ratio 1`,
+`--finetune_learning_rate 1e-4`, `--lora_r 64`). A user error ends with one message and exit code 2 (`--debug`
+shows the traceback). `--push_to_hub true --hub_model_id org/name` pushes each stage to the Hub branch `stage-i` as
+it finishes (see `trainers.hub`). Under several processes, evaluation splits the test set across them.
 """
 
 import sys
@@ -28,7 +29,14 @@ HELP = "run (or resume) every stage of one method, evaluated after every stage (
 
 @dataclass
 class ScriptArguments:
-    dry_run: bool = field(default=False, metadata={"help": "List the stages' data and check media; train nothing."})
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "List the stages' data and pretrained checkpoints, check their files exist; train nothing."},
+    )
+    verbose: bool = field(
+        default=False,
+        metadata={"help": "Also the libraries' progress bars and the trainers' metrics at every logging step."},
+    )
 
 
 def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
@@ -41,25 +49,37 @@ def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
 def dry_run(config: ContinualConfig) -> dict:
     """The check every run makes before it starts (`trainers.validation.validate_run`): per stage its data sets
     with counts, every missing data file, bad row and missing or unreadable media file, and every setting's
-    problem (streamed; no model loaded, nothing written)."""
+    problem (streamed; no model loaded, nothing written); under "checkpoints", the pretrained checkpoints the config
+    names and where each is expected."""
     from trainers.continual import build_stage_plan
+    from trainers.pretrained import required_checkpoints
     from trainers.validation import validate_run
 
-    return validate_run(config, build_stage_plan(config))
+    report = validate_run(config, build_stage_plan(config))
+    report["checkpoints"] = required_checkpoints(config.language_model, config.modalities or [])
+    return report
 
 
 def main(config: ContinualConfig, script_args: ScriptArguments) -> int:
     if script_args.dry_run:
         from trainers.data.converters import format_dry_run_report
+        from trainers.pretrained import format_checkpoints, missing_checkpoints
 
         report = dry_run(config)
         print(format_dry_run_report(report))
-        return 0 if report["ok"] else 1
+        print(format_checkpoints(report["checkpoints"]))
+        return 0 if report["ok"] and not missing_checkpoints(report["checkpoints"]) else 1
+    from trainers import console
     from trainers.continual import run_continual
 
+    console.configure(verbose=script_args.verbose)
     summary = run_continual(config)
     print((Path(config.output_dir) / "report.txt").read_text().rstrip())
-    print(f"mean Backward Relative Gain {summary['backward_mean']:.2f}%; results in {config.output_dir}")
+    accuracy = summary["accuracy_matrix"]
+    relative_gain = (
+        f"mean Backward Relative Gain {summary['backward_mean']:.2f}%; " if summary["backward_mean"] else ""
+    )
+    print(f"{relative_gain}final average {accuracy['final_average']:.4f}; results in {config.output_dir}")
     return 0
 
 

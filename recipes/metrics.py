@@ -10,9 +10,15 @@ import json
 import sys
 from pathlib import Path
 
-from trainers.evaluation.metrics import ScoreMatrix, format_report, plot_progressive_relative_gain, summarize
+from trainers.evaluation.metrics import (
+    ScoreMatrix,
+    format_report,
+    plot_accuracy_matrix,
+    plot_progressive_relative_gain,
+    summarize,
+)
 
-HELP = "Relative-Gain tables and plots from score matrices"
+HELP = "Relative-Gain and accuracy-matrix tables and plots from score matrices"
 
 FORMAT_HELP = """\
 score-matrix format (one JSON file per method; modalities in training order; stages[i] = scores after stage i+1):
@@ -26,7 +32,13 @@ score-matrix format (one JSON file per method; modalities in training order; sta
 metrics (in %): RelativeGain(j, i) = mean over modality j's datasets of score / expert score, after stage i;
 Backward RG(i) = mean over j < i of RelativeGain(j, i), stage 1 = RelativeGain(1, 1); Forward RG(i) =
 RelativeGain(i, i); mean and sample std (n-1) over stages. Classic metrics (final average, average accuracy,
-BWT, forgetting) are computed on the Relative-Gain matrix, and per dataset in raw units in the JSON.
+BWT, forgetting) are computed on the Relative-Gain matrix, and on the accuracy matrix of raw scores (one task per
+test set, in its own unit), which is MLLM-CL's table.
+
+MLLM-CL's setting (a task per stage on a modality learnt before): list "tasks" instead of "modalities", e.g.
+  {"method": "MR-LoRA", "tasks": [{"name": "RS", "modality": "image", "datasets": ["RS"]}, ...],
+   "stages": [{"RS": 0.81}, {"RS": 0.80, "Med": 0.62}, ...]}
+"experts" may then be left out: the accuracy matrix needs none, Relative Gain does (it is shown when they exist).
 
 examples:
   mera metrics finetune.json mera.json                          print the tables
@@ -65,7 +77,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--plot",
         dest="plot_path",
         metavar="OUT.png",
-        help="write a plot of Backward and Forward Relative Gain per stage, one line per method",
+        help="write a plot of Backward and Forward Relative Gain per stage, one line per method (without experts: "
+        "the accuracy matrix's mean per stage and final scores)",
     )
 
 
@@ -97,7 +110,8 @@ def main(args: argparse.Namespace) -> int:
             path.write_text(payload + "\n", encoding="utf-8")
             print(f"\nwrote {path}")
     if args.plot_path:
-        path = plot_progressive_relative_gain(summaries, args.plot_path)
+        with_experts = all(summary["backward_relative_gain"] is not None for summary in summaries)
+        path = (plot_progressive_relative_gain if with_experts else plot_accuracy_matrix)(summaries, args.plot_path)
         print(f"wrote {path}", file=sys.stderr if args.json_path == "-" else sys.stdout)
     return 0
 

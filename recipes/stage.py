@@ -30,6 +30,10 @@ class StageArguments:
     previous: str | None = field(
         default=None, metadata={"help": "Checkpoint of stage i-1 (default: output_dir/stage-{i-1})."}
     )
+    verbose: bool = field(
+        default=False,
+        metadata={"help": "Also the libraries' progress bars and the trainers' metrics at every logging step."},
+    )
 
 
 def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
@@ -40,12 +44,14 @@ def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
 
 
 def main(config: ContinualConfig, args: StageArguments) -> int:
+    from trainers import console
     from trainers.checkpoint import clean_finished_stage, is_finished_stage
     from trainers.continual import base_model_and_processor, build_stage_plan, load_stage_data, open_run
     from trainers.errors import UserError, UserFileNotFoundError
     from trainers.methods import get_method_plugins
     from trainers.stage import run_stage
 
+    console.configure(verbose=args.verbose)
     plan = build_stage_plan(config)
     if not 1 <= args.stage <= len(plan):
         raise UserError(f"--stage must be between 1 and {len(plan)} for this config, got {args.stage}")
@@ -68,7 +74,8 @@ def main(config: ContinualConfig, args: StageArguments) -> int:
                 )
         plugins = get_method_plugins(config.method, config)
         train = load_stage_data(step.train_files)
-        run_stage(previous, processor, step.spec, train, output_dir, args.stage, plugins, config.stage_settings())
+        with console.context(stage=args.stage, stages=len(plan), modality=step.spec.name, method=config.method):
+            run_stage(previous, processor, step.spec, train, output_dir, args.stage, plugins, config.stage_settings())
     print(f"stage {args.stage} ({step.spec.name}) saved to {output_dir}")
     return 0
 

@@ -13,8 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("modeling_mera", "trainers", "recipes")
 # What `trust_remote_code` finds wherever transformers runs: torch, transformers, and transformers' own
-# dependencies numpy and PIL (its image processors use them).
-MODEL_CODE_IMPORTS = {"torch", "transformers", "numpy", "PIL"}
+# dependencies numpy, PIL (its `vision` extra, for image processors) and soxr (its `audio` extra, for resampling).
+MODEL_CODE_IMPORTS = {"torch", "transformers", "numpy", "PIL", "soxr"}
 
 
 def module_files(root: Path) -> dict[str, Path]:

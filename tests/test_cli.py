@@ -57,3 +57,30 @@ def test_help_of_every_command_and_recipe_file_exits_0():
         stdout, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, f"{' '.join(command)}: {stderr[-2000:]}"
         assert stdout.startswith("usage: "), f"{' '.join(command)}: {stdout[:200]}"
+
+
+HEAVY_LIBRARIES = ("torch", "transformers", "datasets", "peft", "accelerate", "evaluate")
+IMPORTED_BY_HELP = """
+import json, sys
+from recipes.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+heavy = sorted({name.split(".")[0] for name in sys.modules} & set(json.loads(os.environ["HEAVY"])))
+print(json.dumps(heavy), file=sys.stderr)
+"""
+
+
+def test_help_loads_no_heavy_library():
+    """`--help` stays fast (about 1 s here) because no command imports torch or the HF libraries to describe itself."""
+    from recipes.cli import COMMANDS
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HEAVY": json.dumps(HEAVY_LIBRARIES)}
+    for arguments in [["--help"]] + [[name, "--help"] for name in COMMANDS]:
+        result = subprocess.run(
+            [sys.executable, "-c", "import os\n" + IMPORTED_BY_HELP, *arguments],
+            capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+        )  # fmt: skip
+        assert result.stdout.startswith("usage: "), result.stderr[-2000:]
+        assert json.loads(result.stderr.strip().splitlines()[-1]) == [], (arguments, result.stderr[-300:])

@@ -15,8 +15,10 @@ from trainers.evaluation.metrics import (
     ScoreMatrix,
     accuracy_matrix_metrics,
     backward_relative_gain,
+    format_report,
     forward_relative_gain,
     mean_and_std,
+    plot_progressive_relative_gain,
     relative_gain_matrix,
     summarize,
 )
@@ -243,3 +245,23 @@ def test_cli_compares_two_methods_in_a_table_and_a_plot(tmp_path, capsys):
     width, height = png_size(plot)
     assert 800 <= width <= 2000 and 300 <= height <= 1200
     assert plot.stat().st_size > 20_000  # two panels with lines, ticks and legends, not a blank canvas
+
+
+def test_a_smoke_test_is_marked_in_the_matrix_the_tables_and_the_plot(tmp_path):
+    data = {**mera_like_example(), "smoke_test": True}
+    matrix = ScoreMatrix.from_dict(data)
+    assert matrix.smoke_test and matrix.to_dict()["smoke_test"] is True
+    assert "smoke_test" not in ScoreMatrix.from_dict(mera_like_example()).to_dict()
+    smoke, real = summarize(matrix), summarize(ScoreMatrix.from_dict(paper_fine_tuning_example()))
+    assert smoke["smoke_test"] and not real["smoke_test"]
+
+    report = format_report([smoke, real])
+    assert report.count("smoke test — figures are not meaningful") == 1  # above the smoke test's own table
+    assert "SMOKE TEST — FIGURES ARE NOT MEANINGFUL" in report.split("\n\n")[-1]  # and above the comparison
+    assert "smoke test" not in format_report([real]).lower()
+    assert format_report([smoke], compare_only=True).splitlines()[0] == "SMOKE TEST — FIGURES ARE NOT MEANINGFUL"
+
+    plot = plot_progressive_relative_gain([smoke, real], tmp_path / "smoke.png")
+    assert b"smoke test \xe2\x80\x94 figures are not meaningful" in plot.read_bytes()  # PNG title metadata
+    clean = plot_progressive_relative_gain([real], tmp_path / "real.png")
+    assert b"smoke test" not in clean.read_bytes()

@@ -512,12 +512,19 @@ def test_llava_conversations_and_mllm_cl_test_rows(tmp_path):
     train = read_jsonl(tmp_path / "out/rs/train.jsonl")
     test = read_jsonl(tmp_path / "out/rs/test.jsonl")
 
+    # One sample per row, every turn kept, the text-only row too.
     assert manifest["dataset"] == "RS" and manifest["counts"] == {"train": 3, "test": 1}
-    assert manifest["filters"]["train"]["rows without a media file (dropped)"] == 1
-    assert [row["prompt"] for row in train] == ["How many planes?", "Any ships?", "What is this?"]
-    assert [row["answer"] for row in train] == ["3", "No", "A port"]
-    assert test[0] | {"media": None} == {
-        "id": "rs-test-7", "modality": "image", "media": None, "prompt": "Is there a river?", "answer": "Yes",
+    assert manifest["filters"]["train"]["text-only samples (kept)"] == 1
+    assert manifest["filters"]["train"]["assistant turns"] == 4
+    assert [[turn["content"] for turn in row["messages"]] for row in train] == [
+        ["<image>\nHow many planes?", "3", "Any ships?", "No"], ["What is this?\n<image>", "A port"], ["Hi", "Hello"]
+    ]  # fmt: skip
+    assert [row["media"] for row in train] == ["../../RS/images/a.png", "../../RS/images/b.png", None]
+    assert [row["modality"] for row in train] == ["image", "image", None]
+    question, answer = {"role": "user", "content": "Is there a river?"}, {"role": "assistant", "content": "Yes"}
+    assert test[0]["messages"] == [question, answer]
+    assert {key: test[0][key] for key in ("id", "modality", "prompt", "answer", "references", "task", "dataset")} == {
+        "id": "rs-test-7", "modality": "image", "prompt": "Is there a river?", "answer": "Yes", "references": ["Yes"],
         "task": "qa", "dataset": "RS",
     }  # fmt: skip
     assert len(load_samples(tmp_path / "out/rs/train.jsonl")) == 3
@@ -533,7 +540,7 @@ def test_llava_rows_in_an_unknown_format_are_named(tmp_path):
 # --- options, registry, command line, dry run ---------------------------------------------------------------------
 def test_registry_and_option_parsing():
     assert set(CONVERTERS) == {
-        "mscoco", "okvqa", "msvd", "msvd_qa", "audiocaps", "clotho_aqa", "cap3d", "cap3d_qa", "llava",
+        "mscoco", "okvqa", "msvd", "msvd_qa", "audiocaps", "clotho_aqa", "cap3d", "cap3d_qa", "llava", "mllm_cl",
     }  # fmt: skip
     assert parse_options("cap3d", ["max_caption_chars=80", "point_dir=/x"]) == {
         "max_caption_chars": 80,

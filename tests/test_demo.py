@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -24,7 +25,9 @@ def test_mera_demo_quick_writes_results_scores_and_plot(tmp_path):
         "--methods",
         "fine_tuning,mera",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=ENV)
+    # Bytes, decoded without newline translation: a progress bar's updates are "\r"s within one line.
+    result = subprocess.run(command, capture_output=True, timeout=900, env=ENV)
+    result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert set(results["methods"]) == {"fine_tuning", "mera"}
@@ -39,7 +42,30 @@ def test_mera_demo_quick_writes_results_scores_and_plot(tmp_path):
         assert scores["method"] == method and len(scores["stages"]) == 4 and len(scores["experts"]) == 8
     png = (out / "relative_gain.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
-    assert "Backward Relative Gain" in result.stdout
+    assert "BwRG mean" in result.stdout
+
+    # A smoke test says so wherever its figures show (the model cards: tests/test_hub.py).
+    assert results["smoke_test"] == "smoke test — figures are not meaningful"
+    assert "SMOKE TEST — FIGURES ARE NOT MEANINGFUL" in result.stdout
+    assert "smoke test — figures are not meaningful".encode() in png
+    assert all(json.loads((out / "scores" / f"{m}.json").read_text())["smoke_test"] for m in ("fine_tuning", "mera"))
+
+    # A console a person reads: under 60 lines, each progress line naming its stage, modality, phase and method.
+    lines = [line for line in (result.stdout + result.stderr).split("\n") if line.strip()]
+    assert len(lines) < 60, "\n".join(lines)
+    progress = [line.split("\r")[-1] for line in result.stderr.split("\n") if line.strip()]
+    labelled = re.compile(
+        r"(stage ([1-4])/4 · )?(image|video|audio|point_cloud) · (pre-train|fine-tune|realign|evaluate) · "
+        r"(fine_tuning|mera|expert): +100%"
+    )
+    assert all(labelled.match(line) for line in progress), [line for line in progress if not labelled.match(line)]
+    seen = {labelled.match(line).group(2, 3, 4, 5) for line in progress}
+    for stage, modality in enumerate(("image", "video", "audio", "point_cloud"), start=1):
+        assert (None, modality, "fine-tune", "expert") in seen
+        for method in ("fine_tuning", "mera"):
+            assert {(str(stage), modality, phase, method) for phase in ("pre-train", "fine-tune", "evaluate")} <= seen
+        assert (str(stage) == "1") or (str(stage), modality, "realign", "mera") in seen
+    assert "{'loss'" not in result.stderr and "Warning" not in result.stderr
 
     # A second call reuses everything: no stage, expert or language model is trained again.
     stage_files = sorted(out.glob("runs/*/*/stage-*/model.safetensors"))

@@ -46,7 +46,7 @@ def test_evaluation_under_two_processes_equals_one_process(samples, tmp_path):
     assert any(p["prediction"] for p in alone["predictions"]), "the tiny model should produce some words"
 
     (tmp_path / "samples.json").write_text(json.dumps(samples))
-    script = tmp_path / "evaluate.py"
+    script = tmp_path / "split_evaluation.py"  # not evaluate.py, which would shadow the `evaluate` library
     script.write_text(EVALUATION_SCRIPT)
     result = accelerate_launch_cpu(2, script, str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]

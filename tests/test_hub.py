@@ -30,7 +30,8 @@ from trainers.hub import HubPushError, HubRevisionExistsError, plan_stage_upload
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_local_write_token"
 REPO = "org/mera-tiny"
-CODE = ["configuration_mera.py", "connectors.py", "encoders.py", "modeling_mera.py", "processing_mera.py"]
+CODE = ["beats.py", "configuration_mera.py", "connectors.py", "encoders.py", "key_mapping.py", "modeling_mera.py"]
+CODE += ["processing_mera.py"]
 COMMON = ["config.json", "generation_config.json", "processor_config.json", "chat_template.jinja", "stage.json"]
 COMMON += ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md", "scores.json", *CODE]
 STAGE_FILES = {"stage-1": sorted(COMMON), "stage-2": sorted(COMMON)}  # every modality's processor in one file
@@ -444,3 +445,16 @@ def test_card_reports_judge_failures_and_no_local_folder(published, tmp_path):
     evaluation_file.write_text(json.dumps(evaluation))
     samples = evaluation["datasets"][qa]["num_samples"]
     assert f"judge failures (left out of the accuracy): {qa} 1/{samples}" in str(render_model_card(run, 2, "org/x"))
+
+
+def test_a_smoke_test_runs_card_says_so(published, tmp_path):
+    from trainers.hub.card import render_model_card, stage_score_matrix
+
+    run = tmp_path / "run"
+    shutil.copytree(published["run"], run)
+    run_config = json.loads((run / "run_config.json").read_text())
+    assert "Smoke test" not in render_model_card(run, 2, REPO).text
+    (run / "run_config.json").write_text(json.dumps({**run_config, "smoke_test": True}))
+    card = render_model_card(run, 2, REPO)
+    assert "> **Smoke test — figures are not meaningful.**" in card.text and "smoke-test" in card.data.tags
+    assert stage_score_matrix(run, 2)["smoke_test"] is True

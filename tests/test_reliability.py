@@ -177,6 +177,41 @@ def test_bad_data_of_a_later_stage_is_reported_by_the_dry_run_and_stops_the_run_
     assert report["stages"][1]["test"]["missing_files"] == [str(data / "audio" / "test.jsonl")]
 
 
+def test_validation_reads_conversations_and_task_stages(tmp_path):
+    # Issue 15's data and stages through issue 17's check: multi-turn and text-only rows are samples (no "no media"
+    # problem), a malformed conversation is a bad row named by its line, and a task stage on a learnt modality is
+    # checked against the method before anything is written.
+    data = tmp_path / "data"
+    first = data / "a.jsonl"
+    first.parent.mkdir(parents=True)
+    first.write_text("".join(json.dumps(row) + "\n" for row in toy_samples(data / "a", "image", 2)))
+    image = str(data / "a" / "image-0.png")
+    three_turns = [{"from": "human", "value": "<image>\nwhat color is it ?"}, {"from": "gpt", "value": "red"},
+                   {"from": "human", "value": "is it large ?"}, {"from": "gpt", "value": "yes"}]  # fmt: skip
+    text_only = [{"role": "user", "content": "one and one ?"}, {"role": "assistant", "content": "two"}]
+    rows = [
+        {"id": "multi", "image": image, "conversations": three_turns, "dataset": "b"},
+        {"id": "text", "messages": text_only},
+        {"id": "turns", "messages": text_only[::-1]},  # the assistant first: not a conversation
+    ]
+    second = data / "b.jsonl"
+    second.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    stages = [{"name": "image", "task": task, "train": f"{task}.jsonl", "test": f"{task}.jsonl"} for task in "ab"]
+
+    config = ContinualConfig(method="mr_lora", modalities=stages, data_root=str(data), output_dir=str(tmp_path / "r"))
+    report = validate_run(config, build_stage_plan(config))
+    task_stage = report["stages"][1]
+    assert task_stage["modality"] == "image" and task_stage["train"]["samples"] == 2
+    assert task_stage["missing_media"] == 0 and task_stage["bad_rows"] == 2  # the bad row, in train and in test
+    assert task_stage["missing_examples"][0].startswith(f"BAD ROW {second}, line 3: a conversation is")
+    assert report["stages"][0]["bad_rows"] == 0 and report["stages"][0]["train"]["samples"] == 4
+    assert not any("cannot add a task" in problem for problem in report["settings_problems"])
+
+    eproj = replace(config, method="eproj")
+    problems = validate_run(eproj, build_stage_plan(eproj))["settings_problems"]
+    assert any("cannot add a task on a modality learnt before (stage 2: task 'b' on 'image')" in p for p in problems)
+
+
 # --- 5. messages with a name -------------------------------------------------------------------------------------
 def saved_stage(folder: Path) -> Path:
     """A real stage checkpoint (model, processor, replay) without training: save_stage of a tiny model."""

@@ -22,13 +22,14 @@ from typing import Any
 
 import torch
 from datasets import concatenate_datasets
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from modeling_mera import MeraForCausalLM, MeraProcessor
 
-from .checkpoint import clean_finished_stage, is_finished_stage, load_stage
+from . import console
+from .checkpoint import STAGE_INFO, clean_finished_stage, is_finished_stage, load_stage
 from .data import load_samples
+from .data.samples import read_sample_file
 from .distributed import process_state
 from .errors import UserError
 from .evaluation.generation import evaluate_model
@@ -59,9 +60,9 @@ def build_stage_plan(config: ContinualConfig) -> list[StagePlan]:
     modalities = list(config.modalities)
     if config.order == "reverse":
         modalities.reverse()
-    names = [modality["name"] for modality in modalities]
+    names = [modality.get("task") or modality["name"] for modality in modalities]
     if len(set(names)) != len(names):
-        raise UserError(f"modality names must be unique, got {names}")
+        raise UserError(f"the stages' tasks (a stage's modality when it names no task) must differ, got {names}")
     root = Path(config.data_root)
     plan = []
     for stage, modality in enumerate(modalities, start=1):
@@ -96,13 +97,13 @@ def load_stage_data(files: list[Path], limit: int | None = None, seed: int = 0):
 
 
 def dataset_names(files: list[Path]) -> list[str]:
+    """The data sets the files' samples are scored in, in order of first appearance (a file's name without one)."""
     names = []
     for path in files:
-        for line in path.read_text().splitlines():
-            if line.strip():
-                name = json.loads(line).get("dataset") or path.stem
-                if name not in names:
-                    names.append(name)
+        rows = read_sample_file(path)
+        for name in rows["dataset"] if "dataset" in rows.column_names else [None]:
+            if (name or path.stem) not in names:
+                names.append(name or path.stem)
     return names
 
 
@@ -172,7 +173,8 @@ def evaluate_stage(config: ContinualConfig, stage_dir: Path, plan: list[StagePla
             logger.warning(f"{output_file} is damaged; the stage is evaluated again")
     model, processor, _ = load_stage(stage_dir)
     model.to(process_state().device).eval()  # each process generates its share of the batches on its own device
-    learnt = [step for step in plan if step.spec.name in model.modalities]
+    stage = json.loads((stage_dir / STAGE_INFO).read_text()).get("stage", len(model.modalities))
+    learnt = [step for step in plan if step.stage <= stage]
     samples = []
     for step in learnt:
         samples.extend(load_stage_data(step.test_files, config.test_limit, config.seed))
@@ -202,16 +204,19 @@ def train_experts(config: ContinualConfig, plan: list[StagePlan]) -> dict[str, f
 
 def _expert_scores(config: ContinualConfig, plan: list[StagePlan], experts_dir: Path) -> dict[str, float]:
     scores = {}
-    for step in tqdm(plan, desc="experts", disable=not process_state().is_main_process):
-        expert_dir = experts_dir / step.spec.name
-        if not is_finished_stage(expert_dir):
-            if not config.train_experts:
-                raise FileNotFoundError(f"no expert for {step.spec.name!r} in {expert_dir} and train_experts is off")
-            model, processor = base_model_and_processor(config)
-            train = load_stage_data(step.train_files)
-            run_stage(model, processor, step.spec, train, expert_dir, plugins=[], settings=config.stage_settings())
-        expert_plan = [StagePlan(1, step.spec, step.train_files, step.test_files)]
-        scores.update(evaluate_stage(config, expert_dir, expert_plan, experts_dir / "eval" / f"{step.spec.name}.json"))
+    for step in plan:
+        # An expert learns its modality alone: its console lines name no stage ("video · fine-tune · expert").
+        with console.context(stage=None, stages=None, modality=step.spec.name, method="expert"):
+            task = step.spec.task_name
+            expert_dir = experts_dir / task
+            if not is_finished_stage(expert_dir):
+                if not config.train_experts:
+                    raise FileNotFoundError(f"no expert for {task!r} in {expert_dir} and train_experts is off")
+                model, processor = base_model_and_processor(config)
+                train = load_stage_data(step.train_files)
+                run_stage(model, processor, step.spec, train, expert_dir, plugins=[], settings=config.stage_settings())
+            expert_plan = [StagePlan(1, step.spec, step.train_files, step.test_files)]
+            scores.update(evaluate_stage(config, expert_dir, expert_plan, experts_dir / "eval" / f"{task}.json"))
     return scores
 
 
@@ -242,27 +247,36 @@ def run_continual(config: ContinualConfig) -> dict:
 def _run_stages(config: ContinualConfig, plan: list[StagePlan], output_dir: Path) -> dict:
     is_main = process_state().is_main_process
     stage_scores = []
-    for step in tqdm(plan, desc=f"{config.method} stages", disable=not is_main):
-        stage_dir = output_dir / f"stage-{step.stage}"
-        if is_finished_stage(stage_dir):
-            clean_finished_stage(stage_dir)
-        else:
-            if step.stage == 1:
-                previous, processor = base_model_and_processor(config)
+    for step in plan:
+        # Every line the stage prints says where the run is: "stage 2/4 · video · fine-tune · mera".
+        with console.context(stage=step.stage, stages=len(plan), modality=step.spec.name, method=config.method):
+            stage_dir = output_dir / f"stage-{step.stage}"
+            if is_finished_stage(stage_dir):
+                clean_finished_stage(stage_dir)
             else:
-                previous, processor = output_dir / f"stage-{step.stage - 1}", None
-            train = load_stage_data(step.train_files)
-            plugins = get_method_plugins(config.method, config)
-            run_stage(previous, processor, step.spec, train, stage_dir, step.stage, plugins, config.stage_settings())
-        stage_scores.append(evaluate_stage(config, stage_dir, plan, output_dir / "eval" / f"stage-{step.stage}.json"))
+                if step.stage == 1:
+                    previous, processor = base_model_and_processor(config)
+                else:
+                    previous, processor = output_dir / f"stage-{step.stage - 1}", None
+                train = load_stage_data(step.train_files)
+                plugins = get_method_plugins(config.method, config)
+                settings = config.stage_settings()
+                run_stage(previous, processor, step.spec, train, stage_dir, step.stage, plugins, settings)
+            eval_file = output_dir / "eval" / f"stage-{step.stage}.json"
+            stage_scores.append(evaluate_stage(config, stage_dir, plan, eval_file))
         if config.push_to_hub and is_main:
             push_to_hub(config, output_dir)
     experts = train_experts(config, plan)
+    tasks = any(step.spec.task for step in plan)  # MLLM-CL's setting: the matrix lists each stage's task
     scores = {
         "method": config.method,
-        "modalities": [{"name": s.spec.name, "datasets": dataset_names(s.test_files)} for s in plan],
+        "tasks" if tasks else "modalities": [
+            {"name": s.spec.task_name, **({"modality": s.spec.name} if tasks else {}), "datasets": names}
+            for s, names in ((s, dataset_names(s.test_files)) for s in plan)
+        ],
         "experts": experts,
         "stages": stage_scores,
+        **({"smoke_test": True} if config.smoke_test else {}),
     }
     # The raw scores are written first: they stay useful even where a Relative Gain cannot be computed.
     if is_main:

@@ -46,6 +46,12 @@ class StageContext:
     adapter_format: Any = None
     """Set by a plug-in whose adapters stay beside the LLM (a `trainers.checkpoint.AdapterFormat`): the loop then
     neither folds nor unloads them, and the stage is saved and loaded through it."""
+    task: str = ""
+    """The task this stage learns (the modality's name in MERA's setting)."""
+    new_modality: bool = True
+    """Whether this stage added its modality (False: it adds a task on a modality learnt before)."""
+    tasks: list[str] = field(default_factory=list)
+    """Every task learnt so far, this stage's last."""
 
 
 class StagePlugin:
@@ -53,11 +59,13 @@ class StagePlugin:
     A named piece of a continual-learning method; every hook is a no-op unless overridden.
 
     `supports_realign = False` marks a method that a realign step cannot follow (the registry refuses
-    `realign_ratio`).
+    `realign_ratio`); `supports_task_stages = False` one that has no meaning when a stage adds a task on a modality
+    learnt before (the run refuses such a plan before training, the stage loop such a stage).
     """
 
     name = "plugin"
     supports_realign = True
+    supports_task_stages = True
 
     def before_stage(self, ctx: StageContext):
         """After the new modality is added, before any training."""

@@ -1,7 +1,8 @@
 """
 Every setting of a run, declared once: `StageSettings` (how one stage trains, read by the stage loop and its
-plug-ins), `ContinualConfig` (a whole run: the stage settings plus the modalities, the method and evaluation), and
-`ModalitySpec` (a modality a stage adds). YAML files set them and the command line overrides them (`TrlParser`).
+plug-ins), `ContinualConfig` (a whole run: the stage settings plus the stages, the method and evaluation), and
+`ModalitySpec` (the modality a stage adds, or the task it adds on a modality learnt before). YAML files set them
+and the command line overrides them (`TrlParser`).
 
 This module imports no torch, so that `--help` of the entry points stays fast.
 """
@@ -43,7 +44,10 @@ def _phase_args_field(phase: str):
 
 @dataclass
 class ModalitySpec:
-    """A modality to add at a stage: `MeraForCausalLM.add_modality` arguments plus its feature processor."""
+    """
+    What a stage learns: the modality it adds (`MeraForCausalLM.add_modality` arguments plus its feature
+    processor), or, when the model has learnt that modality already, the task (`task`) it adds on it.
+    """
 
     name: str
     kind: str | None = None
@@ -54,6 +58,13 @@ class ModalitySpec:
     """A transformers image processor / feature extractor, or a Hub id or folder to load one from."""
     options: dict = field(default_factory=dict)
     """Further `MeraModalityConfig` fields (feature_layer, num_frames, max_audio_seconds, ...)."""
+    task: str | None = None
+    """The task (domain, ability) the stage learns; by default the modality's name. A stage on a modality the
+    model has learnt already adds this task only: no new encoder or connector (the fields above go unused)."""
+
+    @property
+    def task_name(self) -> str:
+        return self.task or self.name
 
 
 @dataclass
@@ -107,6 +118,15 @@ class StageSettings:
         metadata={"help": "Percent of each stage's data kept for replay: r of 'replay' and 'mera', the realign pool."},
     )
     seed: int = field(default=42, metadata={"help": "Seed of training, replay sampling and data order."})
+    pretrain_connector: str = field(
+        default="auto",
+        metadata={
+            "help": "Connector pre-training: 'auto' when the stage adds its modality (a stage adding a task on a "
+            "modality learnt before keeps its trained connector), 'always' or 'never'. It trains on the stage's "
+            "captions, or on all its samples with media when it has none (QA-only data).",
+            "choices": ["auto", "always", "never"],
+        },
+    )
 
     def __post_init__(self):
         for phase in PHASES:
@@ -123,6 +143,10 @@ class StageSettings:
             )
         if self.bnb_4bit_quant_type not in ("nf4", "fp4"):
             raise ValueError(f"bnb_4bit_quant_type must be 'nf4' or 'fp4', got {self.bnb_4bit_quant_type!r}")
+        if self.pretrain_connector not in ("auto", "always", "never"):
+            raise ValueError(
+                f"pretrain_connector must be 'auto', 'always' or 'never', got {self.pretrain_connector!r}"
+            )
 
     def phase_overrides(self, phase: str) -> dict:
         """The `MeraSFTConfig` fields this run sets for `phase`: its `{phase}_args`, then its named fields."""
@@ -168,7 +192,16 @@ def _phase_args(phase: str, value) -> dict | None:
     return dict(value)
 
 
-MODALITY_KEYS = {"name", "kind", "encoder_config", "encoder_weights", "connector", "feature_processor", "options"}
+MODALITY_KEYS = {
+    "name",
+    "kind",
+    "encoder_config",
+    "encoder_weights",
+    "connector",
+    "feature_processor",
+    "options",
+    "task",
+}
 MODALITY_DATA_KEYS = {"train", "test"}
 
 
@@ -184,8 +217,10 @@ class ContinualConfig(StageSettings):
     modalities: list[dict] | None = field(
         default=None,
         metadata={
-            "help": "The modalities in sequential order, each a dict: name, kind, encoder_weights or encoder_config, "
-            "connector, feature_processor, options, and train / test (files relative to data_root)."
+            "help": "The stages in sequential order, each a dict: its modality's name, kind, encoder_weights or "
+            "encoder_config, connector, feature_processor, options; its task (MLLM-CL's setting: a stage may add a "
+            "task on a modality an earlier stage learnt, naming that modality and the task); and train / test "
+            "(files relative to data_root)."
         },
     )
     output_dir: str = field(default="runs/continual", metadata={"help": "Where stages, scores and reports go."})
@@ -230,6 +265,14 @@ class ContinualConfig(StageSettings):
     max_new_tokens: int = field(default=32, metadata={"help": "Tokens generated per test answer."})
     test_limit: int | None = field(default=None, metadata={"help": "Evaluate at most this many samples per file."})
     train_experts: bool = field(default=True, metadata={"help": "Train missing single-modality experts."})
+    smoke_test: bool = field(
+        default=False,
+        metadata={
+            "help": "A run that only checks that every step works (tiny data, short training): its score matrix, "
+            "reports, plots and model cards say 'smoke test — figures are not meaningful'. `mera demo --quick` sets "
+            "it."
+        },
+    )
     push_to_hub: bool = field(
         default=False,
         metadata={

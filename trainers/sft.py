@@ -12,6 +12,7 @@ import torch
 from peft import LoraConfig, PeftModel
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
+from . import console
 from .data import MeraDataCollator
 from .distributed import gathered_state_dict, shards_parameters
 from .settings import StageSettings
@@ -37,8 +38,9 @@ class MeraSFTConfig(SFTConfig):
 
     Defaults that differ from `SFTConfig`: `remove_unused_columns=False` and `skip_prepare_dataset` (the collator
     tokenises), `bf16` only where a GPU supports it (TRL turns it on everywhere, which on a CPU is slow autocast),
-    `activation_checkpointing=False` (turn it on for large LLMs), no external loggers, no intermediate checkpoints
-    (a stage resumes from its last finished phase), cosine decay with 3% warm-up, one epoch.
+    `dataloader_pin_memory` only with an accelerator, `activation_checkpointing=False` (turn it on for large
+    LLMs), no external loggers, no intermediate checkpoints (a stage resumes from its last finished phase), cosine
+    decay with 3% warm-up, one epoch.
     """
 
     trainable: list[str] | None = field(
@@ -56,6 +58,7 @@ class MeraSFTConfig(SFTConfig):
     remove_unused_columns: bool = False
     dataset_kwargs: dict | None = field(default_factory=lambda: {"skip_prepare_dataset": True})
     bf16: bool | None = None
+    dataloader_pin_memory: bool | None = None
     activation_checkpointing: bool = False
     gradient_checkpointing: bool | None = None
     report_to: str | list[str] = "none"
@@ -69,6 +72,9 @@ class MeraSFTConfig(SFTConfig):
     def __post_init__(self):
         if self.bf16 is None:
             self.bf16 = bool(not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        if self.dataloader_pin_memory is None:
+            # Pinned memory only speeds up copies to an accelerator; without one, torch warns on every data loader.
+            self.dataloader_pin_memory = torch.accelerator.is_available()
         super().__post_init__()
 
 
@@ -209,6 +215,7 @@ class MeraSFTTrainer(SFTTrainer):
             **kwargs,
         )
         self.processor = processor
+        console.install(self)
         if args.trainable is None:
             args.trainable = list(self.default_trainable)
         self.trainable_counts = set_trainable(self.model, args.trainable)

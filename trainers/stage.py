@@ -1,5 +1,5 @@
 """
-The one stage loop of modality-incremental continual learning: `run_stage` takes θ(i-1) to θi.
+The one stage loop of continual learning: `run_stage` takes θ(i-1) to θi.
 
     load θ(i-1) ─► add modality Mi ─► pre-train the new connector on Di's captions
                 ─► fine-tune that connector + the LLM (LoRA) on Di
@@ -10,8 +10,14 @@ The one stage loop of modality-incremental continual learning: `run_stage` takes
 A continual-learning method is a list of `trainers.plugins.StagePlugin`s (registered in `trainers.methods`);
 MERA (`trainers.methods.mera`) is the default. Evaluating every stage is the continual run's (`trainers.continual`).
 The loop never imports a method to load a stage: adapter formats are recorded by import path (`trainers.checkpoint`).
+
+A stage adds a modality (MERA's setting) or a task on a modality learnt before (MLLM-CL's domain and ability
+continual learning, `ModalitySpec.task`): then no encoder or connector is added, connector pre-training is skipped
+(`StageSettings.pretrain_connector`), and QA-only data is fine; the stage trains the modality's connector
+(`connector:new` is always the connector of the stage's modality) and the LLM.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -25,6 +31,7 @@ from transformers import set_seed
 
 from modeling_mera import MeraForCausalLM, MeraProcessor
 
+from . import console
 from .checkpoint import (
     PLUGIN_DIR,
     STAGE_INFO,
@@ -72,23 +79,39 @@ def _call(plugins: list[StagePlugin], hook: str, ctx: StageContext):
     if hook not in HOOKS:
         raise ValueError(f"unknown plug-in hook {hook!r}; the stage loop calls {list(HOOKS)}")
     for plugin in plugins:
-        getattr(plugin, hook)(ctx)
+        with console.context(phase=plugin.name):  # what the plug-in trains is labelled with its name ("realign")
+            getattr(plugin, hook)(ctx)
 
 
-def _check_stage_inputs(model: MeraForCausalLM, spec: ModalitySpec, stage: int, train_dataset: Dataset):
-    expected = len(model.modalities) + 1
-    if stage != expected:
+def _check_stage_inputs(spec: ModalitySpec, stage: int, previous_tasks: list[str], train_dataset: Dataset):
+    if stage != len(previous_tasks) + 1:
         raise ValueError(
-            f"stage {stage} cannot follow a checkpoint with {len(model.modalities)} modalities "
-            f"({model.modalities}); the next stage is {expected}"
+            f"stage {stage} cannot follow a checkpoint of {len(previous_tasks)} stage(s) ({previous_tasks}); the next "
+            f"stage is {len(previous_tasks) + 1}"
         )
-    if spec.name in model.modalities:
-        raise ValueError(f"modality {spec.name!r} was already learnt (modalities so far: {model.modalities})")
-    others = sorted(set(train_dataset["modality"]) - {spec.name})
+    if spec.task_name in previous_tasks:
+        raise ValueError(
+            f"task {spec.task_name!r} was already learnt (tasks so far: {previous_tasks}); a stage on a modality "
+            "learnt before names its new task (`task`)"
+        )
+    others = sorted(set(train_dataset["modality"]) - {spec.name, None})
     if others:
         raise ValueError(f"stage {stage} learns {spec.name!r} but its training data also holds modalities {others}")
-    if "caption" not in set(train_dataset["task"]):
-        raise ValueError(f"stage {stage}: the training data has no caption samples for connector pre-training")
+
+
+def _check_plugins(plugins: list[StagePlugin], spec: ModalitySpec, stage: int):
+    refusing = [plugin.name for plugin in plugins if not plugin.supports_task_stages]
+    if refusing:
+        raise ValueError(
+            f"stage {stage} adds task {spec.task_name!r} on modality {spec.name!r}, learnt before; plug-in(s) "
+            f"{refusing} isolate what each modality learns and have nothing to give a second task on it"
+        )
+
+
+def learnt_tasks(directory: Path) -> list[str]:
+    """The tasks a saved stage has learnt, in order (stages saved before tasks existed: one per modality)."""
+    info = json.loads((directory / STAGE_INFO).read_text())
+    return list(info.get("tasks", info.get("modalities", [])))
 
 
 def _train_phase(
@@ -96,7 +119,8 @@ def _train_phase(
 ) -> dict:
     """Train one phase; returns what stage.json records of it: its loss and the settings it trained with."""
     args = phase_config(ctx.settings, phase, ctx.work_dir)
-    args.trainable = trainable
+    # 'connector:new' is the connector of this stage's modality, whether the stage added it or not.
+    args.trainable = [f"connector:{ctx.modality}" if spec == "connector:new" else spec for spec in trainable]
     trainer = MeraSFTTrainer(ctx.model, args, dataset, ctx.processor, peft_config=peft_config, plugins=plugins)
     result = trainer.train()
     ctx.model = trainer.model
@@ -144,14 +168,14 @@ def check_runtime(settings: StageSettings):
 
 # --- the phases of a stage, in order ---------------------------------------------------------------------------------
 def _load_previous(previous, processor: MeraProcessor | None, plugins: list[StagePlugin]):
-    """θ(i-1): a saved stage (with its plug-ins' states) or a given model (stage 1: no modality yet)."""
+    """θ(i-1) and the tasks it has learnt: a saved stage (with its plug-ins' states) or a given model (stage 1)."""
     if isinstance(previous, (str, os.PathLike)):
         model, processor, replay = load_stage(previous)
         load_plugin_states(plugins, Path(previous) / PLUGIN_DIR)
-        return model, processor, replay
+        return model, processor, replay, learnt_tasks(Path(previous))
     if processor is None:
         raise ValueError("pass the processor of the given model")
-    return previous, processor, ReplayBuffer()
+    return previous, processor, ReplayBuffer(), []
 
 
 def _add_modality(model, processor: MeraProcessor, spec: ModalitySpec, settings: StageSettings):
@@ -172,9 +196,20 @@ def _add_modality(model, processor: MeraProcessor, spec: ModalitySpec, settings:
 
 
 def _pretrain(ctx: StageContext):
-    """The new connector alone, on the stage's captions."""
-    captions = ctx.train_dataset.filter(lambda task: task == "caption", input_columns="task")
-    ctx.log["pretrain"] = _train_phase(ctx, "pretrain", captions, list(DEFAULT_TRAINABLE["pretrain"]))
+    """The stage modality's connector alone, on the stage's captions (else its samples with media); skipped as
+    `pretrain_connector` says ('auto': when the connector was trained at an earlier stage)."""
+    when = ctx.settings.pretrain_connector
+    if when == "never" or (when == "auto" and not ctx.new_modality):
+        ctx.log["pretrain"] = {"skipped": f"pretrain_connector {when!r}; the {ctx.modality} connector is kept"}
+        return
+    with_media = ctx.train_dataset.filter(lambda media: media is not None, input_columns="media")
+    captions = with_media.filter(lambda task: task == "caption", input_columns="task")
+    samples = captions if len(captions) else with_media
+    if not len(samples):
+        raise ValueError(f"stage {ctx.stage}: no sample with {ctx.modality} media to pre-train its connector on")
+    with console.context(phase="pre-train"):
+        record = _train_phase(ctx, "pretrain", samples, list(DEFAULT_TRAINABLE["pretrain"]))
+    ctx.log["pretrain"] = {**record, "samples": len(samples)}
 
 
 def _finetune(ctx: StageContext, plugins: list[StagePlugin]):
@@ -187,10 +222,13 @@ def _finetune(ctx: StageContext, plugins: list[StagePlugin]):
     _call(plugins, "configure_finetune", ctx)
     lora = ctx.peft_config  # recorded as trained: a plug-in may have replaced or dropped the loop's LoRA
     shape = {"lora_r": lora.r, "lora_alpha": lora.lora_alpha} if getattr(lora, "r", None) else {}
-    if ctx.settings.load_in_4bit:
-        record = _train_quantized(ctx, ctx.finetune_dataset, plugins)
-    else:
-        record = _train_phase(ctx, "finetune", ctx.finetune_dataset, ctx.finetune_trainable, ctx.peft_config, plugins)
+    with console.context(phase="fine-tune"):
+        if ctx.settings.load_in_4bit:
+            record = _train_quantized(ctx, ctx.finetune_dataset, plugins)
+        else:
+            record = _train_phase(
+                ctx, "finetune", ctx.finetune_dataset, ctx.finetune_trainable, ctx.peft_config, plugins
+            )
     ctx.log["finetune"] = {**record, **shape, "samples": len(ctx.finetune_dataset)}
 
 
@@ -213,6 +251,8 @@ def _save(ctx: StageContext, plugins: list[StagePlugin], output_dir: Path, start
     info = {
         "stage": ctx.stage,
         "modality": ctx.modality,
+        "task": ctx.task,
+        "tasks": ctx.tasks,
         "modalities": ctx.model.modalities,
         "plugins": [plugin.name for plugin in plugins],
         "settings": asdict(ctx.settings),
@@ -241,9 +281,9 @@ def run_stage(
     Args:
         previous: the stage i-1 checkpoint folder, or a model (for stage 1: a `MeraForCausalLM` with no modality).
         processor: the processor of `previous` when it is a model; loaded from the folder otherwise.
-        spec: the modality this stage adds.
-        train_dataset: D_i in the sample format (captions and QA of modality `spec.name`).
-        stage: the stage index, checked against the checkpoint (default: one more than its modalities).
+        spec: the modality this stage adds, or (`spec.task`) the task it adds on a modality learnt before.
+        train_dataset: D_i in the sample format (conversations about media of modality `spec.name`, or text only).
+        stage: the stage index, checked against the checkpoint (default: one more than the checkpoint's).
         plugins: the method's plug-ins; MERA's merge and realign by default.
         settings: per-phase training settings; the paper's by default.
 
@@ -255,15 +295,23 @@ def run_stage(
     output_dir = Path(output_dir)
     if is_finished_stage(output_dir):
         raise FileExistsError(f"{output_dir} already holds a finished stage; it is never re-trained")
-    model, processor, replay = _load_previous(previous, processor, plugins)
-    stage = len(model.modalities) + 1 if stage is None else stage
-    _check_stage_inputs(model, spec, stage, train_dataset)
+    model, processor, replay, previous_tasks = _load_previous(previous, processor, plugins)
+    stage = len(previous_tasks) + 1 if stage is None else stage
+    _check_stage_inputs(spec, stage, previous_tasks, train_dataset)
+    new_modality = spec.name not in model.modalities
+    if not new_modality:
+        _check_plugins(plugins, spec, stage)
     started = time.time()
 
-    _add_modality(model, processor, spec, settings)
+    if new_modality:
+        _add_modality(model, processor, spec, settings)
+    else:  # the same start for every method, as a new connector's seeded initialisation gives
+        set_seed(settings.seed)
     replay.add_stage(stage, train_dataset, settings.replay_ratio, seed=settings.seed + stage)
     work_dir = output_dir.with_name(f"{output_dir.name}.partial")
-    ctx = StageContext(stage, spec.name, model, processor, train_dataset, settings, work_dir, replay)
+    tasks = [*previous_tasks, spec.task_name]
+    ctx = StageContext(stage, spec.name, model, processor, train_dataset, settings, work_dir, replay,
+                       task=spec.task_name, new_modality=new_modality, tasks=tasks)  # fmt: skip
     _call(plugins, "before_stage", ctx)
 
     finetuned_dir = work_dir / "finetuned"

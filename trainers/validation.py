@@ -21,7 +21,14 @@ from pathlib import Path
 from .errors import UserError
 from .safety import feature_processor_class, find_secrets, is_hub_id
 
-__all__ = ["SETTING_CHECKS", "RESUMABLE_SETTINGS", "validate_settings", "validate_run", "check_run"]
+__all__ = [
+    "SETTING_CHECKS",
+    "RESUMABLE_SETTINGS",
+    "check_method_fits_plan",
+    "validate_settings",
+    "validate_run",
+    "check_run",
+]
 
 RESUMABLE_SETTINGS = (
     "output_dir",
@@ -43,7 +50,7 @@ SettingCheck = Callable[[object, list], list[str]]
 
 
 def _check_method(config, plan) -> list[str]:
-    """The method exists, takes the given `method_args`, and its ratios can be met."""
+    """The method exists, takes the given `method_args`, can run every stage of the plan, and its ratios can be met."""
     from .methods import get_method_plugins
     from .methods.mera import RealignPlugin
     from .methods.replay import ReplayPlugin
@@ -55,9 +62,13 @@ def _check_method(config, plan) -> list[str]:
         plugins = get_method_plugins(config.method, config)
     except (ValueError, TypeError) as error:
         return [f"method {config.method!r}: {error}"]
+    try:  # a task stage on a modality learnt before, with a method that isolates per modality (EProj)
+        check_method_fits_plan(config, plan)
+    except UserError as error:
+        problems.append(str(error))
     ratio = config.replay_ratio
     if not isinstance(ratio, (int, float)) or not 0 <= ratio <= 100:
-        return [f"replay_ratio: a percentage in [0, 100] is expected, got {ratio!r}"]
+        return [*problems, f"replay_ratio: a percentage in [0, 100] is expected, got {ratio!r}"]
     replays = [
         p for p in plugins if isinstance(p, ReplayPlugin) or (isinstance(p, RealignPlugin) and p.realign_ratio is None)
     ]
@@ -76,6 +87,22 @@ def _check_method(config, plan) -> list[str]:
                 "raise replay_ratio to at least the realign ratio"
             )
     return problems
+
+
+def check_method_fits_plan(config, plan: list):
+    """The method exists, takes its `method_args`, and can run every stage of the plan (a stage that adds a task on
+    a modality learnt before is refused by methods that isolate per modality, e.g. EProj)."""
+    from .methods import get_method_plugins
+
+    plugins = get_method_plugins(config.method, config)
+    repeated = [step for step in plan if step.spec.name in {s.spec.name for s in plan if s.stage < step.stage}]
+    refusing = [plugin.name for plugin in plugins if not plugin.supports_task_stages]
+    if repeated and refusing:
+        raise UserError(
+            f"method {config.method!r} cannot add a task on a modality learnt before (stage {repeated[0].stage}: "
+            f"task {repeated[0].spec.task_name!r} on {repeated[0].spec.name!r}); its plug-ins {refusing} isolate "
+            "what each modality learns. MR-LoRA isolates per task."
+        )
 
 
 def _check_runtime(config, plan) -> list[str]:
@@ -135,12 +162,17 @@ def _check_models(config, plan) -> list[str]:
         problems.append(problem)
     if not isinstance(getattr(torch, str(config.dtype), None), torch.dtype):
         problems.append(f"dtype: {config.dtype!r} is not a torch dtype (float32, bfloat16, float16)")
+    # Encoder weights and a Q-Former's init_from: released single files (BEATs .pt, Point-BERT .pth) or folders.
+    from .pretrained import missing_checkpoints, required_checkpoints
+
+    fields = {"encoder": "encoder_weights", "connector init_from": "connector.init_from"}
+    for entry in missing_checkpoints(required_checkpoints("", config.modalities or [])):
+        problems.append(
+            f"modalities ({entry['modality']!r}).{fields[entry['role']]}: {entry['kind']} {entry['path']} not found "
+            "(docs/encoders.md says where to get the released checkpoints)"
+        )
     for step in plan:
         spec, where = step.spec, f"modalities ({step.spec.name!r})"
-        if isinstance(spec.encoder_weights, str) and (
-            problem := _model_source_problem(spec.encoder_weights, f"{where}.encoder_weights")
-        ):
-            problems.append(problem)
         if isinstance(spec.feature_processor, str) and (
             problem := _model_source_problem(spec.feature_processor, f"{where}.feature_processor")
         ):

@@ -9,7 +9,7 @@ Media conversions for files that are slow to read as they are published, done on
 - point clouds: PLY (ASCII or binary, numpy only) and Cap3D's torch `.pt` tensors -> `(points, 3 or 6)` float32 `.npy`
   (xyz, then rgb in [0, 1] when the file has colours);
 - video: N uniformly spaced frames decoded with PyAV (`pip install av`) -> uint8 `(N, H, W, 3)` `.npy` (optional; by
-  default the video files are kept and decoded while training);
+  default the video files are kept, and training decodes only the frames the model samples from each);
 - audio: any format PyAV decodes (or WAV with the standard library) -> mono 16-bit WAV, resampled to a given rate.
 
 Each converter writes its outputs under a folder of `--out` shared between data sets (Cap3D and Cap3D-QA share the
@@ -43,8 +43,18 @@ def read_wav(path: str) -> tuple[np.ndarray, int]:
     return waveform.reshape(-1, channels).mean(axis=1), rate
 
 
-def read_video(path: str) -> np.ndarray:
-    """Decode a video file into an array `(frames, H, W, 3)` with PyAV (`pip install av`)."""
+def uniform_frame_indices(total: int, num_frames: int) -> np.ndarray:
+    """`num_frames` indices spread evenly over `total` frames, first and last included (MeraProcessor's sampling)."""
+    return np.linspace(0, total - 1, num_frames).round().astype(int)
+
+
+def read_video(path: str, num_frames: int | None = None) -> np.ndarray:
+    """Decode a video file into RGB frames `(frames, H, W, 3)` with PyAV (`pip install av`).
+
+    With `num_frames`, only those frames are decoded, evenly spread as `MeraProcessor` samples them: for each one
+    the decoder seeks to the key frame before it and decodes up to it, so a clip of 300 frames costs a few dozen
+    frame decodes instead of 300. Without it (or when the file does not say how many frames it has), every frame.
+    """
     try:
         import av
     except ImportError as error:
@@ -52,11 +62,37 @@ def read_video(path: str) -> np.ndarray:
             f"{path}: decoding video files needs PyAV (`pip install av`), or store frames as .npy"
         ) from error
     with av.open(path) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        if num_frames is None or stream.frames <= 0 or not rate:
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+            if not frames:
+                raise MediaError(f"{path}: the video has no frames")
+            if num_frames is not None:
+                frames = [frames[i] for i in uniform_frame_indices(len(frames), num_frames)]
+            return np.stack(frames)
+        start = stream.start_time or 0
+        picked, last = [], None
+        for index in uniform_frame_indices(stream.frames, num_frames):
+            target = start + round(index / (rate * stream.time_base))  # frame `index`'s timestamp
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+            frame = None
+            for frame in container.decode(stream):
+                if frame.pts is None or frame.pts >= target:
+                    break
+            # Headers can overstate the frame count: past the end, the last frame stands in.
+            last = frame or last
+            if last is None:
+                raise MediaError(f"{path}: the video has no frames")
+            picked.append(last.to_ndarray(format="rgb24"))
+        return np.stack(picked)
 
 
-def read_media(media: Any, modality_kind: str) -> Any:
-    """Turn a sample's `media` (path or array) into what `MeraProcessor` takes for this modality kind."""
+def read_media(media: Any, modality_kind: str, num_frames: int | None = None) -> Any:
+    """Turn a sample's `media` (path or array) into what `MeraProcessor` takes for this modality kind.
+
+    `num_frames`: a video file is decoded at that many evenly spread frames only (the processor's sampling).
+    """
     if not isinstance(media, str):
         return np.asarray(media)
     suffix = Path(media).suffix.lower()
@@ -74,7 +110,7 @@ def read_media(media: Any, modality_kind: str) -> Any:
         if modality_kind == "audio" and suffix == ".wav":
             return read_wav(media)
         if modality_kind == "video":
-            return read_video(media)
+            return read_video(media, num_frames)
         if modality_kind == "point_cloud" and suffix in (".txt", ".xyz", ".pts"):
             return np.loadtxt(media, dtype=np.float32, delimiter="," if suffix == ".txt" else None)
         if modality_kind == "point_cloud" and suffix in (".ply", ".pt"):
@@ -219,34 +255,7 @@ def extract_frames(source: str, target: Path, num_frames: int) -> Path:
     """Decode `num_frames` uniformly spaced RGB frames of a video with PyAV and save them as uint8 `.npy`."""
     if target.is_file():
         return target
-    try:
-        import av
-    except ImportError as error:
-        raise MediaError(f"{source}: extracting video frames needs PyAV (`pip install av`)") from error
-    with av.open(source) as container:
-        stream = container.streams.video[0]
-        total = stream.frames
-        if total <= 0:  # no frame count in the header: decode everything once
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-            total = len(frames)
-        else:
-            frames = None
-        if total == 0:
-            raise MediaError(f"{source}: the video has no frames")
-        wanted = np.linspace(0, total - 1, num_frames).round().astype(int)
-        if frames is None:
-            picked, last = {}, None
-            for index, frame in enumerate(container.decode(stream)):
-                last = frame
-                if index in wanted:
-                    picked[index] = frame.to_ndarray(format="rgb24")
-                if index >= wanted[-1]:
-                    break
-            # Headers can overstate the frame count; the last decoded frame stands in for frames past the end.
-            frames_by_index = [picked.get(i) if i in picked else last.to_ndarray(format="rgb24") for i in wanted]
-        else:
-            frames_by_index = [frames[i] for i in wanted]
-    clip = np.stack(frames_by_index).astype(np.uint8)
+    clip = read_video(source, num_frames).astype(np.uint8)
     _save_atomically(target, lambda handle: np.save(handle, clip))
     return target
 

@@ -1,5 +1,6 @@
 """
-The offline demo behind `mera demo`: a synthetic four-modality benchmark (`build_benchmark`), a tiny Llama
+The offline demo behind `mera demo`: a synthetic four-modality benchmark (`build_benchmark`), its four-domain
+variant on the image modality (`DOMAINS`, MLLM-CL's setting), a tiny Llama
 pre-trained on its text (`pretrained_language_model`), and tiny frozen encoders for its modalities
 (`demo_modality_specs`, `demo_modality_entries`). Nothing is downloaded; everything is generated from a seed.
 """
@@ -17,6 +18,7 @@ from .benchmark import (
     read_split,
 )
 from .cache import default_cache_dir
+from .domains import DOMAINS, SYNTHETIC_DOMAINS
 from .encoders import demo_encoder_configs, demo_feature_processors, demo_modality_entries, demo_modality_specs
 from .language_model import (
     TinyLlamaSettings,
@@ -28,7 +30,9 @@ from .language_model import (
 )
 
 __all__ = [
+    "DOMAINS",
     "MODALITIES",
+    "SYNTHETIC_DOMAINS",
     "BenchmarkSizes",
     "TinyLlamaSettings",
     "benchmark_texts",

@@ -89,13 +89,24 @@ class Question:
 
 
 class SyntheticModality:
-    """One modality of the benchmark: its attributes, wordings, and how an item is rendered and written."""
+    """
+    One data set of a benchmark: its attributes, wordings, and how an item is rendered and written. In the
+    four-modality benchmark each is a modality with captions and QA; in the domain benchmark
+    (`trainers.demo.domains`) each is a task on the image modality (`modality`), QA only (`caption_prompt` None).
+    """
 
     name: str
     suffix: str
     attributes: dict[str, tuple[str, ...]]
-    caption_prompt: str
+    caption_prompt: str | None
     questions: tuple[Question, ...]
+    stream: int
+    """Index of the set's random stream: changing one set's size leaves the others' files unchanged."""
+
+    @property
+    def modality(self) -> str:
+        """The model modality the set's media belong to."""
+        return self.name
 
     def caption(self, attributes: dict[str, str]) -> str:
         raise NotImplementedError
@@ -135,6 +146,7 @@ class ImageModality(SyntheticModality):
 
     name = "image"
     suffix = ".png"
+    stream = 0
     attributes = {"count": NUMBER_WORDS[1:4], "shape": ("circle", "square", "triangle"), "color": tuple(COLORS)}
     caption_prompt = "describe the picture ."
     questions = (
@@ -172,6 +184,7 @@ class VideoModality(SyntheticModality):
 
     name = "video"
     suffix = ".npy"
+    stream = 1
     attributes = {"direction": tuple(DIRECTIONS), "shape": ("circle", "square", "triangle"), "color": tuple(COLORS)}
     caption_prompt = "what happens in the video ?"
     questions = (
@@ -211,6 +224,7 @@ class AudioModality(SyntheticModality):
 
     name = "audio"
     suffix = ".wav"
+    stream = 2
     attributes = {"count": NUMBER_WORDS[1:5], "pitch": tuple(PITCHES)}
     caption_prompt = "describe the sound ."
     questions = (
@@ -281,6 +295,7 @@ class PointCloudModality(SyntheticModality):
 
     name = "point_cloud"
     suffix = ".npy"
+    stream = 3
     attributes = {"shape": ("cube", "sphere", "cone", "cylinder"), "color": tuple(COLORS)}
     caption_prompt = "describe the shape ."
     questions = (
@@ -304,6 +319,8 @@ class PointCloudModality(SyntheticModality):
 SYNTHETIC_MODALITIES: dict[str, SyntheticModality] = {
     modality.name: modality for modality in (ImageModality(), VideoModality(), AudioModality(), PointCloudModality())
 }
+# Every data set `build_benchmark` can write, by name: the modalities here, the domains of `trainers.demo.domains`.
+SYNTHETIC_SETS: dict[str, SyntheticModality] = dict(SYNTHETIC_MODALITIES)
 
 
 def dataset_names(modality: str) -> dict[str, str]:
@@ -332,16 +349,16 @@ def plan_items(modality: SyntheticModality, count: int, rng: np.random.Generator
     return [(questions[i], attributes[i]) for i in order]
 
 
-def _split_rng(seed: int, modality: str, split: str) -> np.random.Generator:
-    # Each modality and split has its own stream: changing one's size leaves the others' files unchanged.
-    return np.random.default_rng([seed, MODALITIES.index(modality), ("train", "test").index(split)])
+def _split_rng(seed: int, modality: SyntheticModality, split: str) -> np.random.Generator:
+    # Each data set and split has its own stream: changing one's size leaves the others' files unchanged.
+    return np.random.default_rng([seed, modality.stream, ("train", "test").index(split)])
 
 
 def build_split(
     modality: SyntheticModality, split: str, count: int, seed: int, sizes: BenchmarkSizes, folder: Path, progress=True
 ) -> list[dict]:
     """Render and write `count` media items of one split; returns its rows (a caption and a QA sample per item)."""
-    rng = _split_rng(seed, modality.name, split)
+    rng = _split_rng(seed, modality, split)
     names = dataset_names(modality.name)
     (folder / "media").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -351,17 +368,18 @@ def build_split(
     ):
         media_path = f"media/{split}-{index:04d}{modality.suffix}"
         modality.write(modality.render(attributes, rng, sizes), folder / media_path, sizes)
-        common = {"modality": modality.name, "media": media_path, "attributes": attributes}
-        rows.append(
-            {
-                "id": f"{modality.name}-{split}-{index:04d}-caption",
-                **common,
-                "prompt": modality.caption_prompt,
-                "answer": modality.caption(attributes),
-                "task": "caption",
-                "dataset": names["caption"],
-            }
-        )
+        common = {"modality": modality.modality, "media": media_path, "attributes": attributes}
+        if modality.caption_prompt is not None:
+            rows.append(
+                {
+                    "id": f"{modality.name}-{split}-{index:04d}-caption",
+                    **common,
+                    "prompt": modality.caption_prompt,
+                    "answer": modality.caption(attributes),
+                    "task": "caption",
+                    "dataset": names["caption"],
+                }
+            )
         rows.append(
             {
                 "id": f"{modality.name}-{split}-{index:04d}-qa",
@@ -401,7 +419,7 @@ def majority_baseline(samples: Iterable[dict], reference: Iterable[dict] | None 
 
 def chance_accuracy(modality: str) -> float:
     """Accuracy of guessing among the possible answers, averaged over the modality's questions (taken in turns)."""
-    synthetic = SYNTHETIC_MODALITIES[modality]
+    synthetic = SYNTHETIC_SETS[modality]
     return float(np.mean([1 / len(synthetic.attributes[q.attribute]) for q in synthetic.questions]))
 
 
@@ -462,7 +480,8 @@ def build_benchmark(
         seed: seed of every attribute, jitter and noise.
         train_per_modality / test_per_modality: media items per modality and split; each item gives one caption
             sample and one QA sample.
-        modalities: a subset of ("image", "video", "audio", "point_cloud").
+        modalities: the data sets to write, e.g. ("image", "video", "audio", "point_cloud"), or the domains of
+            `trainers.demo.domains.DOMAINS` (tasks on the image modality); each gets its own folder.
         sizes: media sizes (`BenchmarkSizes` or a dict of its fields).
         progress: show progress bars.
 
@@ -470,9 +489,9 @@ def build_benchmark(
     half-written benchmark.
     """
     sizes = BenchmarkSizes(**sizes) if isinstance(sizes, dict) else sizes or BenchmarkSizes()
-    unknown = [name for name in modalities if name not in SYNTHETIC_MODALITIES]
+    unknown = [name for name in modalities if name not in SYNTHETIC_SETS]
     if unknown or not modalities:
-        raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {list(modalities)}")
+        raise ValueError(f"modalities must be a non-empty subset of {list(SYNTHETIC_SETS)}, got {list(modalities)}")
     for name, count in (("train_per_modality", train_per_modality), ("test_per_modality", test_per_modality)):
         if not isinstance(count, int) or count < 4:
             raise ValueError(f"{name} must be an integer >= 4 (every question needs items), got {count!r}")
@@ -503,7 +522,7 @@ def build_benchmark(
     splits = {"train": train_per_modality, "test": test_per_modality}
     rows: dict[str, dict[str, list[dict]]] = {}
     for name in modalities:
-        synthetic = SYNTHETIC_MODALITIES[name]
+        synthetic = SYNTHETIC_SETS[name]
         rows[name] = {}
         for split, count in splits.items():
             rows[name][split] = build_split(synthetic, split, count, seed, sizes, building / name, progress)
@@ -527,13 +546,16 @@ def _describe(rows: dict[str, dict[str, list[dict]]]) -> dict:
     word_modalities = Counter(word for words in modality_words.values() for word in words)
     modalities = {}
     for name, splits in rows.items():
-        synthetic = SYNTHETIC_MODALITIES[name]
+        synthetic = SYNTHETIC_SETS[name]
         names = dataset_names(name)
+        captions = synthetic.caption_prompt is not None
+        per_item = 2 if captions else 1
         modalities[name] = {
+            "modality": synthetic.modality,
             "files": {split: f"{name}/{split}.jsonl" for split in splits},
-            "datasets": {names["caption"]: "cider", names["qa"]: "exact_match"},
+            "datasets": {**({names["caption"]: "cider"} if captions else {}), names["qa"]: "exact_match"},
             "samples": {split: len(split_rows) for split, split_rows in splits.items()},
-            "media_items": {split: len(split_rows) // 2 for split, split_rows in splits.items()},
+            "media_items": {split: len(split_rows) // per_item for split, split_rows in splits.items()},
             "caption_prompt": synthetic.caption_prompt,
             "questions": {question.prompt: question.attribute for question in synthetic.questions},
             "attributes": {key: list(values) for key, values in synthetic.attributes.items()},
@@ -542,7 +564,9 @@ def _describe(rows: dict[str, dict[str, list[dict]]]) -> dict:
                 "test": majority_baseline(splits["test"])[names["qa"]],
                 "train_majority_on_test": majority_baseline(splits["test"], splits["train"])[names["qa"]],
             },
-            "constant_caption_cider": constant_caption_baseline(splits["test"], splits["train"])[names["caption"]],
+            "constant_caption_cider": (
+                constant_caption_baseline(splits["test"], splits["train"])[names["caption"]] if captions else None
+            ),
         }
     return {
         "modalities": modalities,
@@ -556,6 +580,7 @@ __all__ = [
     "MODALITIES",
     "BenchmarkSizes",
     "SYNTHETIC_MODALITIES",
+    "SYNTHETIC_SETS",
     "build_benchmark",
     "chance_accuracy",
     "constant_caption_baseline",

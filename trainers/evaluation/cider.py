@@ -143,13 +143,16 @@ def compute_cider(
     return sum(scores) / len(scores), scores
 
 
-def score_captions(predictions: Sequence[str], references: Sequence[Sequence[str] | str]) -> dict:
+def score_captions(
+    predictions: Sequence[str], references: Sequence[Sequence[str] | str], n: int = 4, sigma: float = 6.0
+) -> dict:
     """Score a caption test set the way the paper reports it: CIDEr-D x 100, plus the per-sample values.
 
-    `references` may hold a single string per sample, which counts as a one-reference list.
+    `references` may hold a single string per sample, which counts as a one-reference list. The `evaluate` metric
+    module `cider_d.py` (what the evaluation loop uses) returns this.
     """
     references = [[refs] if isinstance(refs, str) else list(refs) for refs in references]
-    corpus, per_sample = compute_cider(predictions, references)
+    corpus, per_sample = compute_cider(predictions, references, n=n, sigma=sigma)
     return {
         "metric": "cider",
         "score": 100.0 * corpus,

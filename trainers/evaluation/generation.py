@@ -33,16 +33,17 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
-from tqdm.auto import tqdm
 
-from ..data import TASKS, prompt_with_placeholder, read_media
+from .. import console
+from ..data import TASKS, encode_samples
 from ..distributed import process_state
-from .cider import score_captions
-from .judges import DEFAULT_MAX_FAILURE_RATE, Judge, check_failure_rate, get_judge, score_qa
+from .cider_d import CiderD
+from .judges import DEFAULT_MAX_FAILURE_RATE, Judge, check_failure_rate, get_judge
+from .qa_judge import QaJudge
 
 __all__ = ["generate_predictions", "score_predictions", "evaluate_model"]
 
-REQUIRED_FIELDS = ("modality", "media", "prompt", "answer", "task", "dataset")
+REQUIRED_FIELDS = ("prompt", "answer", "task", "dataset")
 
 
 def _check_samples(samples: Sequence[dict], modalities: Iterable[str] | None = None) -> None:
@@ -54,8 +55,14 @@ def _check_samples(samples: Sequence[dict], modalities: Iterable[str] | None = N
             raise ValueError(f"{where}: missing field(s) {missing}; a test sample needs {list(REQUIRED_FIELDS)}.")
         if sample["task"] not in TASKS:
             raise ValueError(f"{where}: 'task' must be one of {TASKS}, got {sample['task']!r}.")
-        if known is not None and sample["modality"] not in known:
+        if sample.get("media") is not None and not sample.get("modality"):
+            raise ValueError(f"{where}: a sample with media needs its 'modality'.")
+        if known is not None and sample.get("media") is not None and sample["modality"] not in known:
             raise ValueError(f"{where}: modality {sample['modality']!r} is not in the model (it has {sorted(known)}).")
+
+
+def _as_list(answer) -> list[str]:
+    return [str(answer)] if isinstance(answer, str | int | float) else [str(item) for item in answer]
 
 
 @torch.no_grad()
@@ -70,23 +77,17 @@ def generate_predictions(
 ) -> list[str]:
     """Greedy answers of `model` to every sample, in the order of `samples`.
 
-    Samples are batched per modality (one encoder per batch), prompts are left-padded so that generation continues
-    right after each prompt, and only the newly generated tokens are decoded. `generate_kwargs` go to
-    `model.generate` (greedy decoding unless they say otherwise). Under several processes, each generates every
-    n-th batch and every process returns all the predictions.
+    Samples are batched per modality (one encoder per batch; text-only samples together), each is asked its
+    conversation up to the last user turn, prompts are left-padded so that generation continues right after each
+    prompt, and only the newly generated tokens are decoded. `generate_kwargs` go to `model.generate` (greedy
+    decoding unless they say otherwise). Under several processes, each generates every n-th batch and every process
+    returns all the predictions.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     samples = list(samples)
     _check_samples(samples, model.config.modalities)
-    by_modality: dict[str, list[int]] = {}
-    for index, sample in enumerate(samples):
-        by_modality.setdefault(sample["modality"], []).append(index)
-    batches = [
-        indices[start : start + batch_size]
-        for indices in by_modality.values()
-        for start in range(0, len(indices), batch_size)
-    ]
+    batches = generation_batches(samples, batch_size)
     tokenizer = processor.tokenizer
     generate_kwargs = {"do_sample": False, "num_beams": 1, **generate_kwargs}
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -98,14 +99,11 @@ def generate_predictions(
     own_batches = batches[state.process_index :: state.num_processes]
     own_predictions: list[tuple[int, str]] = []
     try:
-        for batch_indices in tqdm(own_batches, desc="generating", disable=not (progress and state.is_main_process)):
+        for batch_indices in console.progress(
+            own_batches, phase="evaluate", unit="batch", disable=not (progress and state.is_main_process)
+        ):
             batch_samples = [samples[i] for i in batch_indices]
-            kinds = [processor.config.modalities[s["modality"]]["kind"] for s in batch_samples]
-            batch = processor(
-                [prompt_with_placeholder(processor.config, s) for s in batch_samples],
-                media=[{s["modality"]: read_media(s["media"], kind)} for s, kind in zip(batch_samples, kinds)],
-                padding_side="left",
-            ).to(model.device)
+            batch = encode_samples(processor, batch_samples, "left", for_generation=True).to(model.device)
             output = model.generate(**batch, max_new_tokens=max_new_tokens, **generate_kwargs)
             new_tokens = output[:, batch["input_ids"].shape[1] :]
             texts = processor.batch_decode(new_tokens, skip_special_tokens=True)
@@ -117,6 +115,18 @@ def generate_predictions(
     for index, text in gathered:
         predictions[index] = text
     return predictions
+
+
+def generation_batches(samples: Sequence[dict], batch_size: int) -> list[list[int]]:
+    """The sample indices of each generation batch: samples grouped by modality (text-only ones together)."""
+    by_modality: dict[str | None, list[int]] = {}
+    for index, sample in enumerate(samples):
+        by_modality.setdefault(sample["modality"] if sample.get("media") is not None else None, []).append(index)
+    return [
+        indices[start : start + batch_size]
+        for indices in by_modality.values()
+        for start in range(0, len(indices), batch_size)
+    ]
 
 
 def score_predictions(
@@ -151,23 +161,28 @@ def score_predictions(
     scores, details, judged = {}, {}, {}
     for dataset, indices in groups.items():
         tasks = {samples[i]["task"] for i in indices}
-        modalities = {samples[i]["modality"] for i in indices}
+        modalities = {samples[i]["modality"] for i in indices if samples[i].get("media") is not None} or {None}
         if len(tasks) > 1 or len(modalities) > 1:
             raise ValueError(
                 f"dataset {dataset!r} mixes tasks {sorted(tasks)} and/or modalities {sorted(modalities)}; one "
                 "dataset is scored with one metric, so give each task and modality its own dataset name."
             )
         task = tasks.pop()
-        answers = [samples[i].get("references") or samples[i]["answer"] for i in indices]
+        answers = [_as_list(samples[i].get("references") or samples[i]["answer"]) for i in indices]
         dataset_predictions = [predictions[i] for i in indices]
+        # The `evaluate` metric modules, so that `evaluate.load` on their files gives these very scores.
         if task == "caption":
-            result = score_captions(dataset_predictions, answers)
+            cider = CiderD(keep_in_memory=True).compute(predictions=dataset_predictions, references=answers)
+            result = {"metric": "cider", "score": cider["cider_d"], "num_samples": len(indices)}
+            per_sample = cider["per_sample"]
         else:
             questions = [samples[i]["prompt"] for i in indices]
-            result = score_qa(judge, questions, answers, dataset_predictions)
-            result["score"] = result["accuracy"]
-            judged[dataset] = dict(result)
-        per_sample = result.pop("per_sample", None) or result.pop("verdicts", None)
+            qa = QaJudge(keep_in_memory=True).compute(
+                predictions=dataset_predictions, references=answers, questions=questions, judge=judge
+            )
+            judged[dataset] = dict(qa)
+            per_sample = qa.pop("verdicts")
+            result = {"metric": "accuracy", **qa, "score": qa["accuracy"]}
         details[dataset] = {"modality": modalities.pop(), "task": task, **result, "per_sample": per_sample}
         scores[dataset] = result["score"]
     check_failure_rate(judged, max_judge_failure_rate)
@@ -209,7 +224,9 @@ def evaluate_model(
     outcome = [None]
     if state.is_main_process:
         try:
-            outcome[0] = _scored_result(model, samples, predictions, judge, output_file, max_judge_failure_rate)
+            outcome[0] = _scored_result(
+                model, samples, predictions, judge, output_file, batch_size, max_judge_failure_rate
+            )
         except Exception as error:  # shared, so that no process waits forever for a result that never comes
             outcome[0] = error
     if state.num_processes > 1:
@@ -220,11 +237,14 @@ def evaluate_model(
 
 
 def _scored_result(
-    model, samples: list[dict], predictions: list[str], judge, output_file, max_judge_failure_rate: float
+    model, samples: list[dict], predictions: list[str], judge, output_file, batch_size: int, max_judge_failure_rate
 ) -> dict:
     result = score_predictions(samples, predictions, judge, max_judge_failure_rate)
     if hasattr(model, "routing_summary"):
-        result["routing"] = model.routing_summary()
+        # The routing log's order: each process's batches in turn (as gathered), each batch's samples in order.
+        batches, processes = generation_batches(samples, batch_size), process_state().num_processes
+        order = [index for rank in range(processes) for batch in batches[rank::processes] for index in batch]
+        result["routing"] = model.routing_summary([model.expected_expert(samples[index]) for index in order])
     result["predictions"] = [
         {
             "id": sample.get("id", str(index)),
@@ -242,4 +262,3 @@ def _scored_result(
         temporary.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(temporary, path)
     return result
-

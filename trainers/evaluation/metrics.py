@@ -15,6 +15,10 @@ single-modality experts. As JSON:
 Modalities are listed in training order; `stages[i]` holds the scores after stage i+1, i.e. of every dataset of
 modalities 1..i+1. A run still in progress may list fewer stages than modalities.
 
+In MLLM-CL's setting a stage learns a task (a domain or an ability) on a modality already learnt: the matrix then
+lists `"tasks"` instead of `"modalities"`, each `{"name": "RS", "modality": "image", "datasets": ["RS"]}`, one per
+stage, and `experts` may be left out (`{}`): the accuracy-matrix metrics need no expert, Relative Gain does.
+
 Definitions (paper, section "Metrics"; j = modality, i = stage, k = dataset of modality j, all in %):
 
 - `RelativeGain(j, i) = mean_k S(j, k, i) / S_expert(j, k)`
@@ -23,7 +27,9 @@ Definitions (paper, section "Metrics"; j = modality, i = stage, k = dataset of m
 - tables report the mean and the sample standard deviation (n - 1) of BwRG and FwRG over the stages.
 
 The classic metrics (as in MLLM-CL and GEM) read an accuracy matrix `a[i][j]`, the score of task j after stage i:
-final average accuracy, average (incremental) accuracy, backward transfer (BWT) and forgetting.
+final average accuracy, average (incremental) accuracy, backward transfer (BWT) and forgetting. `summarize` gives
+them on the Relative-Gain matrix (tasks = modalities, % of the expert) when experts exist, and always on the raw
+per-dataset scores (`accuracy_matrix`: each dataset is a task, learnt at its stage), which is MLLM-CL's table.
 """
 
 import json
@@ -44,16 +50,19 @@ __all__ = [
     "accuracy_matrix_metrics",
     "summarize",
     "format_report",
+    "plot_accuracy_matrix",
     "plot_progressive_relative_gain",
 ]
 
 
 @dataclass(frozen=True)
 class Modality:
-    """A modality and the test sets it is scored on, e.g. `Modality("image", ("MSCOCO", "OK-VQA"))`."""
+    """What one stage learns and the test sets it is scored on: a modality (`Modality("image", ("MSCOCO",
+    "OK-VQA"))`), or a task on a modality (`Modality("RS", ("RS",), modality="image")`)."""
 
     name: str
     datasets: tuple[str, ...]
+    modality: str | None = None
 
 
 @dataclass
@@ -68,6 +77,10 @@ class ScoreMatrix:
     experts: dict[str, float]
     stages: list[dict[str, float]]
     source: str = "<score matrix>"
+    kind: str = "modalities"
+    """'modalities' (MERA's setting: each stage learns a modality) or 'tasks' (MLLM-CL's: tasks on modalities)."""
+    smoke_test: bool = False
+    """A run that only checked that every step works: its figures are not meaningful (`mera demo --quick`)."""
     dataset_to_modality: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -78,31 +91,37 @@ class ScoreMatrix:
         """Build and validate a matrix from its JSON form."""
         if not isinstance(data, dict):
             raise ValueError(f"{source}: a score matrix must be a JSON object, got {type(data).__name__}.")
-        missing = [key for key in ("modalities", "experts", "stages") if key not in data]
-        if missing:
+        key = "tasks" if "tasks" in data else "modalities"
+        missing = [name for name in (key, "stages") if name not in data]
+        if missing or ("tasks" in data and "modalities" in data):
             raise ValueError(
-                f"{source}: missing key(s) {missing}; a score matrix needs 'modalities', 'experts' "
-                "and 'stages' (and optionally 'method')."
+                f"{source}: missing key(s) {missing}; a score matrix needs 'modalities' (or 'tasks', not both) and "
+                "'stages' (and optionally 'method' and 'experts')."
             )
-        unknown = sorted(set(data) - {"method", "modalities", "experts", "stages"})
+        unknown = sorted(set(data) - {"method", key, "experts", "stages", "smoke_test"})
         if unknown:
             raise ValueError(
-                f"{source}: unknown key(s) {unknown}; expected 'method', 'modalities', 'experts', 'stages'."
+                f"{source}: unknown key(s) {unknown}; expected 'method', '{key}', 'experts', 'stages' (and optionally "
+                "'smoke_test')."
             )
         modalities = []
-        for index, entry in enumerate(data["modalities"]):
+        for index, entry in enumerate(data[key]):
             if not isinstance(entry, dict) or "name" not in entry or not isinstance(entry.get("datasets"), list):
                 raise ValueError(
-                    f'{source}: modalities[{index}] must look like {{"name": "image", "datasets": '
+                    f'{source}: {key}[{index}] must look like {{"name": "image", "datasets": '
                     f'["MSCOCO", "OK-VQA"]}}, got {entry!r}.'
                 )
-            modalities.append(Modality(str(entry["name"]), tuple(str(name) for name in entry["datasets"])))
-        if not isinstance(data["experts"], dict):
+            modality = entry.get("modality")
+            modalities.append(Modality(str(entry["name"]), tuple(str(name) for name in entry["datasets"]),
+                                       None if modality is None else str(modality)))  # fmt: skip
+        experts = data.get("experts") or {}
+        if not isinstance(experts, dict):
             raise ValueError(f"{source}: 'experts' must map dataset names to scores, got {data['experts']!r}.")
         if not isinstance(data["stages"], list) or not all(isinstance(stage, dict) for stage in data["stages"]):
             raise ValueError(f"{source}: 'stages' must be a list with one {{dataset: score}} object per stage.")
         method = str(data.get("method") or Path(source).stem)
-        return cls(method, modalities, dict(data["experts"]), [dict(stage) for stage in data["stages"]], source)
+        stages = [dict(stage) for stage in data["stages"]]
+        return cls(method, modalities, dict(experts), stages, source, key, bool(data.get("smoke_test", False)))
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "ScoreMatrix":
@@ -117,29 +136,42 @@ class ScoreMatrix:
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict:
+        entries = [
+            {"name": m.name, **({"modality": m.modality} if m.modality else {}), "datasets": list(m.datasets)}
+            for m in self.modalities
+        ]
         return {
             "method": self.method,
-            "modalities": [{"name": m.name, "datasets": list(m.datasets)} for m in self.modalities],
+            self.kind: entries,
             "experts": dict(self.experts),
             "stages": [dict(stage) for stage in self.stages],
+            **({"smoke_test": True} if self.smoke_test else {}),
         }
 
     @property
     def num_stages(self) -> int:
         return len(self.stages)
 
+    @property
+    def has_experts(self) -> bool:
+        """Whether expert scores were given: Relative Gain needs them, the accuracy-matrix metrics do not."""
+        return bool(self.experts)
+
     def validate(self) -> None:
         """Raise a `ValueError` naming the source, the stage and the dataset(s) at the first inconsistency."""
         source = self.source
+        if self.kind not in ("modalities", "tasks"):
+            raise ValueError(f"{source}: kind must be 'modalities' or 'tasks', got {self.kind!r}.")
+        noun = self.kind[:-1]
         if not self.modalities:
-            raise ValueError(f"{source}: 'modalities' is empty; list the modalities in training order.")
+            raise ValueError(f"{source}: '{self.kind}' is empty; list the {self.kind} in training order.")
         names = [modality.name for modality in self.modalities]
         if len(set(names)) != len(names):
-            raise ValueError(f"{source}: modality names repeat: {names}.")
+            raise ValueError(f"{source}: {noun} names repeat: {names}.")
         self.dataset_to_modality = {}
         for index, modality in enumerate(self.modalities):
             if not modality.datasets:
-                raise ValueError(f"{source}: modality '{modality.name}' lists no datasets.")
+                raise ValueError(f"{source}: {noun} '{modality.name}' lists no datasets.")
             for dataset in modality.datasets:
                 if dataset in self.dataset_to_modality:
                     other = self.modalities[self.dataset_to_modality[dataset]].name
@@ -150,7 +182,7 @@ class ScoreMatrix:
 
         declared = set(self.dataset_to_modality)
         missing_experts = [dataset for dataset in self.dataset_to_modality if dataset not in self.experts]
-        if missing_experts:
+        if missing_experts and self.has_experts:
             raise ValueError(f"{source}: 'experts' lacks the expert score of dataset(s) {missing_experts}.")
         extra_experts = sorted(set(self.experts) - declared)
         if extra_experts:
@@ -162,7 +194,7 @@ class ScoreMatrix:
             _check_number(score, f"{source}: expert score of '{dataset}'")
             if score < 0:
                 raise ValueError(f"{source}: expert score of '{dataset}' is {score}; scores cannot be negative.")
-        for modality in self.modalities:
+        for modality in self.modalities if self.has_experts else ():
             if not any(self.experts[dataset] > 0 for dataset in modality.datasets):
                 raise ValueError(
                     f"{source}: every expert score of modality '{modality.name}' is 0 ({list(modality.datasets)}); "
@@ -173,8 +205,8 @@ class ScoreMatrix:
             raise ValueError(f"{source}: 'stages' is empty; it needs the scores after at least stage 1.")
         if len(self.stages) > len(self.modalities):
             raise ValueError(
-                f"{source}: {len(self.stages)} stages but only {len(self.modalities)} modalities; stage i learns "
-                "modality i, so there can be at most one stage per modality."
+                f"{source}: {len(self.stages)} stages but only {len(self.modalities)} {self.kind}; stage i learns "
+                f"{noun} i, so there can be at most one stage per {noun}."
             )
         for stage_index, stage in enumerate(self.stages):
             stage_name = f"{source}: stage {stage_index + 1}"
@@ -202,6 +234,8 @@ class ScoreMatrix:
 
     def relative_gain(self, modality_index: int, stage_index: int) -> float:
         """RelativeGain in % of modality `modality_index` after stage `stage_index` (both 0-based)."""
+        if not self.has_experts:
+            raise ValueError(f"{self.source}: Relative Gain needs the experts' scores, and the matrix has none.")
         if not 0 <= modality_index <= stage_index < self.num_stages:
             raise ValueError(
                 f"{self.source}: Relative Gain of modality {modality_index + 1} at stage {stage_index + 1} is "
@@ -218,7 +252,7 @@ class ScoreMatrix:
 
     @property
     def excluded_datasets(self) -> list[str]:
-        return [d for m in self.modalities for d in m.datasets if self.experts[d] == 0]
+        return [d for m in self.modalities for d in m.datasets if self.has_experts and self.experts[d] == 0]
 
 
 def _check_number(value, what: str) -> None:
@@ -316,32 +350,56 @@ def accuracy_matrix_metrics(
 def summarize(matrix: ScoreMatrix) -> dict:
     """Every metric of one method, JSON-ready.
 
-    `classic` applies `accuracy_matrix_metrics` to the Relative-Gain matrix (tasks = modalities, in % of the
-    expert), so datasets on different scales (CIDEr, accuracy) can be averaged. `classic_per_dataset` applies it to
-    the raw scores, one task per dataset, in each dataset's own unit.
-    """
-    backward = backward_relative_gain(matrix)
-    forward = forward_relative_gain(matrix)
-    backward_mean, backward_std = mean_and_std(backward)
-    forward_mean, forward_std = mean_and_std(forward)
-    rg = relative_gain_matrix(matrix)
-    seen = range(matrix.num_stages)  # modalities learnt so far
+    `accuracy_matrix` applies `accuracy_matrix_metrics` to the raw scores, one task per dataset (learnt at its
+    stage), in each dataset's own unit: the matrix itself, final average, average over stages, BWT and forgetting,
+    as MLLM-CL reports them, plus the experts' mean (`expert_average`) when experts exist.
 
-    classic = accuracy_matrix_metrics([[rg[j][i] for j in seen] for i in seen])
+    With experts, `classic` applies `accuracy_matrix_metrics` to the Relative-Gain matrix (tasks = what each stage
+    learns, in % of the expert), so datasets on different scales (CIDEr, accuracy) can be averaged; without them
+    every Relative-Gain field is `None`.
+    """
+    seen = range(matrix.num_stages)  # what the stages so far learnt
     datasets = [d for j in seen for d in matrix.modalities[j].datasets]
     raw = accuracy_matrix_metrics(
         [[stage.get(d) for d in datasets] for stage in matrix.stages],
         learned_at=[matrix.dataset_to_modality[d] for d in datasets],
     )
-    classic_per_dataset = {
-        dataset: {key: raw["per_task"][key][index] for key in ("final", "bwt", "forgetting")}
-        for index, dataset in enumerate(datasets)
+    per_task = raw.pop("per_task")
+    accuracy = {
+        "datasets": datasets,
+        "matrix": [
+            [stage.get(d) if matrix.dataset_to_modality[d] <= i else None for d in datasets]
+            for i, stage in enumerate(matrix.stages)
+        ],  # fmt: skip
+        **raw,
+        "expert_average": statistics.fmean(matrix.experts[d] for d in datasets) if matrix.has_experts else None,
     }
-    classic.pop("per_task")
-    return {
+    summary = {
         "method": matrix.method,
         "source": matrix.source,
+        "kind": matrix.kind,
         "modalities": [m.name for m in matrix.modalities[: matrix.num_stages]],
+        "accuracy_matrix": accuracy,
+        "classic_per_dataset": {
+            dataset: {key: per_task[key][index] for key in ("final", "bwt", "forgetting")}
+            for index, dataset in enumerate(datasets)
+        },
+        "excluded_datasets": matrix.excluded_datasets,
+        "smoke_test": matrix.smoke_test,
+    }
+    if not matrix.has_experts:
+        for key in ("backward_relative_gain", "forward_relative_gain", "backward_mean", "backward_std",
+                    "forward_mean", "forward_std", "relative_gain", "classic"):  # fmt: skip
+            summary[key] = None
+        return summary
+    backward = backward_relative_gain(matrix)
+    forward = forward_relative_gain(matrix)
+    rg = relative_gain_matrix(matrix)
+    classic = accuracy_matrix_metrics([[rg[j][i] for j in seen] for i in seen])
+    classic.pop("per_task")
+    (backward_mean, backward_std), (forward_mean, forward_std) = mean_and_std(backward), mean_and_std(forward)
+    return {
+        **summary,
         "backward_relative_gain": backward,
         "forward_relative_gain": forward,
         "backward_mean": backward_mean,
@@ -350,56 +408,86 @@ def summarize(matrix: ScoreMatrix) -> dict:
         "forward_std": forward_std,
         "relative_gain": {matrix.modalities[j].name: rg[j] for j in seen},
         "classic": classic,
-        "classic_per_dataset": classic_per_dataset,
-        "excluded_datasets": matrix.excluded_datasets,
     }
+
+
+SMOKE_TEST_NOTE = "smoke test — figures are not meaningful"
 
 
 def _fmt(value: float | None, width: int) -> str:
     return f"{'-' if value is None else f'{value:.2f}':>{width}}"
 
 
-def format_report(summaries: Sequence[dict]) -> str:
-    """Plain-text tables: per method, the per-stage metrics with mean and std; then a comparison of the methods."""
+def _accuracy_lines(summary: dict) -> list[str]:
+    """The accuracy matrix (rows: after stage i; columns: datasets) and MLLM-CL's summary figures."""
+    accuracy = summary["accuracy_matrix"]
+    width = max(9, *(len(name) + 2 for name in accuracy["datasets"]))
+    lines = ["Accuracy matrix (score of each test set after each stage, in its own unit):",
+             f"{'':<12}" + "".join(f"{name:>{width}}" for name in accuracy["datasets"])]  # fmt: skip
+    for index, row in enumerate(accuracy["matrix"]):
+        lines.append(f"{f'stage {index + 1}':<12}" + "".join(_fmt(value, width) for value in row))
+    expert = accuracy["expert_average"]
+    lines.append(
+        f"final average {_fmt(accuracy['final_average'], 0)}, average over stages "
+        f"{_fmt(accuracy['average_accuracy'], 0)}, BWT {_fmt(accuracy['bwt'], 0)}, forgetting "
+        f"{_fmt(accuracy['forgetting'], 0)}" + (f", experts' average {_fmt(expert, 0)}" if expert is not None else "")
+    )
+    return lines
+
+
+def format_report(summaries: Sequence[dict], compare_only: bool = False) -> str:
+    """Plain-text tables: per method, the per-stage metrics with mean and std; then a comparison of the methods
+    (alone with `compare_only`, then also for a single method). Smoke tests are marked so above every table."""
     blocks = []
-    for summary in summaries:
+    for summary in [] if compare_only else summaries:
+        title = f"{summary['method']}  ({summary['source']})"
+        lines = [f"{title}  [{SMOKE_TEST_NOTE}]" if summary.get("smoke_test") else title]
         modalities = summary["modalities"]
-        width = max(9, *(len(name) + 2 for name in modalities))
-        label_width = max(28, *(len(f"Relative Gain {name} (%)") + 2 for name in modalities))
-        header = " " * label_width + "".join(f"{f'stage {i + 1}':>{width}}" for i in range(len(modalities)))
-        header += f"{'mean':>9}{'std':>9}"
-        names = " " * label_width + "".join(f"{name:>{width}}" for name in modalities)
-        lines = [f"{summary['method']}  ({summary['source']})", header, names]
-        for label, key in (("Backward Relative Gain (%)", "backward"), ("Forward Relative Gain (%)", "forward")):
-            values = summary[f"{key}_relative_gain"]
+        if summary["backward_relative_gain"] is not None:
+            width = max(9, *(len(name) + 2 for name in modalities))
+            label_width = max(28, *(len(f"Relative Gain {name} (%)") + 2 for name in modalities))
+            header = " " * label_width + "".join(f"{f'stage {i + 1}':>{width}}" for i in range(len(modalities)))
+            lines += [
+                header + f"{'mean':>9}{'std':>9}",
+                " " * label_width + "".join(f"{n:>{width}}" for n in modalities),
+            ]
+            for label, key in (("Backward Relative Gain (%)", "backward"), ("Forward Relative Gain (%)", "forward")):
+                values = summary[f"{key}_relative_gain"]
+                lines.append(
+                    f"{label:<{label_width}}"
+                    + "".join(_fmt(v, width) for v in values)
+                    + _fmt(summary[f"{key}_mean"], 9)
+                    + _fmt(summary[f"{key}_std"], 9)
+                )
+            for name, values in summary["relative_gain"].items():
+                lines.append(f"{f'Relative Gain {name} (%)':<{label_width}}" + "".join(_fmt(v, width) for v in values))
+            classic = summary["classic"]
             lines.append(
-                f"{label:<{label_width}}"
-                + "".join(_fmt(v, width) for v in values)
-                + _fmt(summary[f"{key}_mean"], 9)
-                + _fmt(summary[f"{key}_std"], 9)
+                f"Classic, tasks = {summary['kind']}, % of expert: final average {_fmt(classic['final_average'], 0)}, "
+                f"average accuracy {_fmt(classic['average_accuracy'], 0)}, BWT {_fmt(classic['bwt'], 0)}, "
+                f"forgetting {_fmt(classic['forgetting'], 0)}"
             )
-        for name, values in summary["relative_gain"].items():
-            lines.append(f"{f'Relative Gain {name} (%)':<{label_width}}" + "".join(_fmt(v, width) for v in values))
-        classic = summary["classic"]
-        lines.append(
-            f"Classic, tasks = modalities, % of expert: final average {_fmt(classic['final_average'], 0)}, "
-            f"average accuracy {_fmt(classic['average_accuracy'], 0)}, BWT {_fmt(classic['bwt'], 0)}, "
-            f"forgetting {_fmt(classic['forgetting'], 0)}"
-        )
+        lines += _accuracy_lines(summary)
         if summary.get("excluded_datasets"):
             excluded = ", ".join(summary["excluded_datasets"])
             lines.append(f"Left out of Relative Gain (their expert scored 0): {excluded}")
         blocks.append("\n".join(lines))
 
-    if len(summaries) > 1:
+    if len(summaries) > 1 or compare_only:
         method_width = max(8, *(len(s["method"]) + 2 for s in summaries))
-        columns = ["BwRG mean", "BwRG std", "FwRG mean", "FwRG std", "final avg", "BWT", "forgetting"]
+        columns = ["BwRG mean", "BwRG std", "FwRG mean", "FwRG std", "final avg", "avg stages", "BWT", "forgetting"]
         lines = [f"{'method':<{method_width}}" + "".join(f"{c:>12}" for c in columns)]
+        if any(s.get("smoke_test") for s in summaries):
+            lines.insert(0, SMOKE_TEST_NOTE.upper())
         for s in summaries:
             values = [s["backward_mean"], s["backward_std"], s["forward_mean"], s["forward_std"]]
-            values += [s["classic"]["final_average"], s["classic"]["bwt"], s["classic"]["forgetting"]]
+            accuracy = s["accuracy_matrix"]
+            values += [accuracy[key] for key in ("final_average", "average_accuracy", "bwt", "forgetting")]
             lines.append(f"{s['method']:<{method_width}}" + "".join(_fmt(v, 12) for v in values))
-        blocks.append("\n".join(lines))
+        experts = {s["accuracy_matrix"]["expert_average"] for s in summaries} - {None}
+        if len(experts) == 1:
+            lines.append(f"{'experts':<{method_width}}" + " " * 48 + _fmt(experts.pop(), 12))
+        blocks.append("(comparison: accuracy columns in the test sets' own units)\n" + "\n".join(lines))
     return "\n\n".join(blocks)
 
 
@@ -444,8 +532,53 @@ def plot_progressive_relative_gain(summaries: Sequence[dict], path: str | os.Pat
     axes[1].tick_params(labelleft=True)
     axes[0].legend(loc="best", fontsize=9)
     axes[1].legend(loc="best", fontsize=9)
+    title = "Progressive Relative Gain"
+    if any(s.get("smoke_test") for s in summaries):
+        title += f" ({SMOKE_TEST_NOTE})"
+        figure.suptitle(SMOKE_TEST_NOTE.capitalize(), color="tab:red", fontweight="bold")
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    # The title also goes into the file's metadata (PNG text, PDF/SVG title), where tools can read it.
+    figure.savefig(path, dpi=120, metadata={"Title": title})
+    return path
+
+
+def plot_accuracy_matrix(summaries: Sequence[dict], path: str | os.PathLike) -> Path:
+    """Two panels: the mean score over the test sets learnt so far after each stage (one line per method), and the
+    final score of every test set (one bar per method)."""
+    from matplotlib.figure import Figure
+
+    if not summaries:
+        raise ValueError("plot_accuracy_matrix needs at least one method.")
+    figure = Figure(figsize=(11, 4.2))
+    over_stages, final = figure.subplots(1, 2)
+    markers = "osD^v<>ph*"
+    datasets = max((s["accuracy_matrix"]["datasets"] for s in summaries), key=len)
+    bar = 0.8 / len(summaries)
+    for index, summary in enumerate(summaries):
+        accuracy = summary["accuracy_matrix"]
+        means = [statistics.fmean(v for v in row if v is not None) for row in accuracy["matrix"]]
+        over_stages.plot(range(1, len(means) + 1), means, marker=markers[index % len(markers)], linewidth=2,
+                         label=f"{summary['method']} (final {accuracy['final_average']:.2f})")  # fmt: skip
+        last = dict(zip(accuracy["datasets"], accuracy["matrix"][-1]))
+        positions = [j + (index - (len(summaries) - 1) / 2) * bar for j in range(len(datasets))]
+        final.bar(positions, [last.get(d) or 0 for d in datasets], width=bar, label=summary["method"])
+    over_stages.set_title("Mean over the test sets learnt so far")
+    over_stages.set_xlabel("after stage")
+    over_stages.set_xticks(range(1, max(len(s["accuracy_matrix"]["matrix"]) for s in summaries) + 1))
+    over_stages.grid(alpha=0.3)
+    over_stages.legend(loc="best", fontsize=9)
+    final.set_title("After the last stage")
+    final.set_xticks(range(len(datasets)), datasets, rotation=20)
+    final.grid(alpha=0.3, axis="y")
+    final.legend(loc="best", fontsize=9)
+    title = "Accuracy matrix"
+    if any(s.get("smoke_test") for s in summaries):
+        title += f" ({SMOKE_TEST_NOTE})"
+        figure.suptitle(SMOKE_TEST_NOTE.capitalize(), color="tab:red", fontweight="bold")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120, metadata={"Title": title})
     return path

@@ -70,18 +70,27 @@ def stage_score_matrix(run_dir: str | os.PathLike, stage: int) -> dict | None:
         return None
     info = json.loads((run_dir / f"stage-{stage}" / STAGE_INFO).read_text())
     details = evaluations[-1]["datasets"]
-    modalities = [
-        {"name": name, "datasets": [d for d, detail in details.items() if detail["modality"] == name]}
-        for name in info["modalities"]
-    ]
+    tasks = info.get("tasks", info["modalities"])
+    if tasks == info["modalities"]:  # MERA's setting: a modality per stage
+        key, entries = "modalities", [
+            {"name": name, "datasets": [d for d, detail in details.items() if detail["modality"] == name]}
+            for name in info["modalities"]
+        ]
+    else:  # tasks on learnt modalities: stage j's task holds the test sets first scored after stage j
+        key, entries, seen = "tasks", [], set()
+        for name, result in zip(tasks, evaluations):
+            new = [d for d in result["scores"] if d not in seen]
+            seen.update(new)
+            entries.append({"name": name, "modality": details[new[0]]["modality"] if new else None, "datasets": new})
     run_config = _read_json(run_dir / "run_config.json") or {}
-    datasets = {d for m in modalities for d in m["datasets"]}
-    experts = _expert_scores(run_dir, run_config, info["modalities"])
+    datasets = {d for m in entries for d in m["datasets"]}
+    experts = _expert_scores(run_dir, run_config, tasks)
     return {
         "method": run_config.get("method") or "+".join(info.get("plugins", [])) or "fine_tuning",
-        "modalities": modalities,
+        key: entries,
         "experts": {d: score for d, score in experts.items() if d in datasets},
         "stages": [result["scores"] for result in evaluations],
+        **({"smoke_test": True} if run_config.get("smoke_test") else {}),
     }
 
 
@@ -89,7 +98,7 @@ def _complete_matrix(scores: dict | None, source: str) -> ScoreMatrix | None:
     """The validated matrix when every expert score is known (Relative Gain is defined), else `None`."""
     if scores is None:
         return None
-    if any(d not in scores["experts"] for m in scores["modalities"] for d in m["datasets"]):
+    if any(d not in scores["experts"] for m in scores.get("tasks") or scores["modalities"] for d in m["datasets"]):
         return None
     return ScoreMatrix.from_dict(scores, source=source)
 
@@ -206,7 +215,7 @@ def _results(
             "reported (`python recipes/continual.py` evaluates every stage)."
         )
     blocks = []
-    modalities = scores["modalities"]
+    modalities = scores.get("tasks") or scores["modalities"]
     if matrix is not None:
         summary = summarize(matrix)
         rg = relative_gain_matrix(matrix)
@@ -257,8 +266,8 @@ def _eval_results(
     last = scores["stages"][-1]
     results = []
     rg = relative_gain_matrix(matrix) if matrix is not None else None
-    for j, modality in enumerate(scores["modalities"]):
-        task = PIPELINE_TAGS.get(kinds.get(modality["name"], ""), "any-to-any")
+    for j, modality in enumerate(scores.get("tasks") or scores["modalities"]):
+        task = PIPELINE_TAGS.get(kinds.get(modality.get("modality") or modality["name"], ""), "any-to-any")
         for dataset in modality["datasets"]:
             metric = metrics.get(dataset) or "score"
             results.append(
@@ -352,7 +361,8 @@ def render_model_card(
         library_name="transformers",
         pipeline_tag=PIPELINE_TAGS.get(kinds[modality]) if len(set(kinds.values())) == 1 else "any-to-any",
         base_model=public_name(language_model) or None,
-        tags=["mera-mcl", "continual-learning", "modality-incremental", "multimodal", "custom_code", method, *kinds],
+        tags=["mera-mcl", "continual-learning", "modality-incremental", "multimodal", "custom_code", method, *kinds]
+        + (["smoke-test"] if run_config.get("smoke_test") else []),
         model_name=f"{repo_name} (stage {stage})",
         eval_results=_eval_results(scores, matrix, metrics, kinds) or None,
     )
@@ -373,4 +383,5 @@ def render_model_card(
         training_setup=_training_setup(run_config, info, method),
         results=_results(scores, matrix, metrics, stage, run_config.get("judge"), failures),
         files=files,
+        smoke_test=bool(run_config.get("smoke_test")),
     )

@@ -12,6 +12,9 @@ class EProjPlugin(StagePlugin):
     """Fine-tuning trains the new connector only: no LoRA, no LLM weight."""
 
     name = "eproj"
+    # The connector is EProj's only modality-specific part; a second task on the same modality would retrain it,
+    # overwriting the first task's: that is fine-tuning of a shared part, not isolation, so such a plan is refused.
+    supports_task_stages = False
 
     def configure_finetune(self, ctx: StageContext):
         ctx.peft_config = None

@@ -1,14 +1,16 @@
 """
 MR-LoRA (MLLM-CL, Zhao et al., 2025): parameter isolation plus MLLM-based routing.
 
-- Stage i trains one LoRA expert, the PEFT adapter `expert-i`, on D_i alone (with its new connector); it is never
-  modified afterwards, and the base LLM never changes.
+- Stage i trains one LoRA expert, the PEFT adapter `expert-i`, on D_i alone (with its new connector when the stage
+  adds a modality; a task stage on a modality learnt before leaves that modality's connector as it is, so that the
+  earlier experts keep theirs); an expert is never modified afterwards, and the base LLM never changes.
 - After each stage the same MLLM with a small router LoRA (adapter `router`) is trained on a few samples of every
   stage so far to answer a multiple-choice question: which expert fits this input? The options list the experts'
   descriptions under labels (A, B, C, ...); an answer naming no label falls back to a default expert.
 - `RoutedLoraModel.generate` routes every input, then answers each with its expert, in one call (PEFT's per-input
   `adapter_names`). Router accuracy is logged in stage.json (held-out router samples) and, through
-  `routing_summary`, in every evaluation's output (an input's expected expert is the one of its modality).
+  `routing_summary`, in every evaluation's output (an input's expected expert is the one of its task: the expert
+  whose stage's data sets hold the input's, as MLLM-CL routes among domains and abilities).
 """
 
 import json
@@ -110,9 +112,12 @@ class MRLoraPlugin(StagePlugin):
             )
         model.set_adapter(adapter)
         ctx.model = model
-        datasets = ", ".join(sorted(set(ctx.train_dataset["dataset"]) - {""}))
-        description = self.descriptions.get(ctx.modality, f"{ctx.modality} ({datasets})" if datasets else ctx.modality)
-        self.experts = [*self.experts, {"adapter": adapter, "modality": ctx.modality, "description": description}]
+        datasets = sorted(set(ctx.train_dataset["dataset"]) - {""})
+        default = f"{ctx.task} ({', '.join(datasets)})" if datasets else ctx.task
+        description = self.descriptions.get(ctx.task, default)
+        expert = {"adapter": adapter, "modality": ctx.modality, "task": ctx.task, "datasets": datasets,
+                  "description": description}  # fmt: skip
+        self.experts = [*self.experts, expert]
         order = np.random.default_rng(ctx.settings.seed + ctx.stage).permutation(len(ctx.train_dataset)).tolist()
         picked = [dict(ctx.train_dataset[i], router_choice=len(self.experts) - 1) for i in order]
         self.router_train = [*self.router_train, *picked[: self.router_samples]]
@@ -120,7 +125,8 @@ class MRLoraPlugin(StagePlugin):
 
     def configure_finetune(self, ctx: StageContext):
         adapter = re.escape(self.experts[-1]["adapter"])
-        ctx.peft_config, ctx.finetune_trainable = None, ["connector:new", rf"match:\.lora_(A|B)\.{adapter}\."]
+        connector = ["connector:new"] if ctx.new_modality else []
+        ctx.peft_config, ctx.finetune_trainable = None, [*connector, rf"match:\.lora_(A|B)\.{adapter}\."]
         ctx.adapter_format = MRLoraFormat()
 
     def after_stage(self, ctx: StageContext):

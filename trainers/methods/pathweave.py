@@ -150,8 +150,10 @@ class PathWeavePlugin(StagePlugin):
 
     def configure_finetune(self, ctx: StageContext):
         r, alpha = ctx.settings.lora_r, ctx.settings.lora_alpha
-        layers = add_pathweave_modality(ctx.model, ctx.modality, r, alpha)
-        new = re.escape(ctx.modality)
+        # One adapter per stage's task (the modality's name in MERA's setting): a task stage on a learnt modality
+        # gets its own adapter and in-adapters, as a new modality would.
+        layers = add_pathweave_modality(ctx.model, ctx.task, r, alpha)
+        new = re.escape(ctx.task)
         trains = rf"\.{PREFIX}(down|up)\.{new}\.|\.{PREFIX}in\.[^.]+\.{new}\.|\.{PREFIX}gate\."
         ctx.peft_config, ctx.finetune_trainable = None, ["connector:new", f"match:{trains}"]
         ctx.adapter_format = PathWeaveFormat()

@@ -14,7 +14,7 @@ from collections import Counter
 import torch
 from peft import PeftModelForCausalLM
 
-from ..data import prompt_with_placeholder, read_media
+from ..data import encode_samples
 
 
 def parse_choice(answer: str, labels: list[str], fallback: int) -> tuple[int, bool]:
@@ -24,13 +24,8 @@ def parse_choice(answer: str, labels: list[str], fallback: int) -> tuple[int, bo
 
 
 def encode_prompts(processor, samples: list[dict], padding_side: str):
-    """The samples' prompts and media, as the processor prepares them for the model."""
-    kinds = [processor.config.modalities[sample["modality"]]["kind"] for sample in samples]
-    return processor(
-        [prompt_with_placeholder(processor.config, sample) for sample in samples],
-        media=[{s["modality"]: read_media(s["media"], kind)} for s, kind in zip(samples, kinds)],
-        padding_side=padding_side,
-    )
+    """The samples' conversations up to their last user turn, with media, as generation prompts them."""
+    return encode_samples(processor, samples, padding_side, for_generation=True)
 
 
 class RouterCollator:
@@ -67,8 +62,8 @@ class RouterCollator:
 class RoutedLoraModel(PeftModelForCausalLM):
     """
     A `PeftModelForCausalLM` with LoRA experts and a router. `set_routing(routing, tokenizer)` turns routing on;
-    `routing` holds `experts` ([{adapter, modality, description}]), option `labels`, the prompt `suffix`, the
-    `fallback` expert index and the `router` adapter's name. Until then it behaves like any `PeftModel`.
+    `routing` holds `experts` ([{adapter, modality, task, datasets, description}]), option `labels`, the prompt
+    `suffix`, the `fallback` expert index and the `router` adapter's name. Until then it behaves like any `PeftModel`.
     """
 
     routing: dict | None = None
@@ -77,9 +72,18 @@ class RoutedLoraModel(PeftModelForCausalLM):
         self.routing, self.tokenizer = routing, tokenizer
         self.routing_log: list[dict] = []
 
+    def expected_expert(self, sample: dict) -> int | None:
+        """The expert of the task whose data sets hold the sample's, else of the sample's modality when one expert
+        alone has it (MERA's setting), else None."""
+        experts = self.routing["experts"]
+        by_dataset = [i for i, expert in enumerate(experts) if sample.get("dataset") in expert.get("datasets", ())]
+        by_modality = [i for i, expert in enumerate(experts) if expert["modality"] == sample.get("modality")]
+        return by_dataset[0] if len(by_dataset) == 1 else by_modality[0] if len(by_modality) == 1 else None
+
     def expected_experts(self, input_ids: torch.Tensor) -> list[int | None]:
         """Per input, the expert of the one modality whose placeholders it holds (None for none or several)."""
-        by_modality = {expert["modality"]: index for index, expert in enumerate(self.routing["experts"])}
+        counts = Counter(expert["modality"] for expert in self.routing["experts"])
+        by_modality = {e["modality"]: i for i, e in enumerate(self.routing["experts"]) if counts[e["modality"]] == 1}
         placeholder_ids = self.get_base_model().config.placeholder_token_ids
         expected = []
         for row in input_ids:
@@ -124,11 +128,18 @@ class RoutedLoraModel(PeftModelForCausalLM):
     def reset_routing(self):
         self.routing_log = []
 
-    def routing_summary(self) -> dict:
-        """Routing since the last reset: inputs, accuracy against each input's modality, fallbacks, expert counts."""
+    def routing_summary(self, expected: list[int | None] | None = None) -> dict:
+        """
+        Routing since the last reset: inputs, accuracy, fallbacks, expert counts. The accuracy is against
+        `expected` (one expert index per routed input, in routing order; e.g. `expected_expert` of each sample),
+        by default against each input's modality where one expert alone has it.
+        """
         log, experts = getattr(self, "routing_log", []), (self.routing or {}).get("experts", [])
-        judged = [entry for entry in log if entry["expected"] is not None]
-        correct = sum(entry["expert"] == entry["expected"] for entry in judged)
+        if expected is not None and len(expected) != len(log):
+            raise ValueError(f"{len(expected)} expected experts for {len(log)} routed inputs")
+        targets = expected if expected is not None else [entry["expected"] for entry in log]
+        judged = [(entry, target) for entry, target in zip(log, targets) if target is not None]
+        correct = sum(entry["expert"] == target for entry, target in judged)
         return {
             "inputs": len(log),
             "accuracy": correct / len(judged) if judged else None,

@@ -32,12 +32,14 @@ from .audio import convert_audiocaps, convert_clotho_aqa
 from .core import ConversionPlan, write_plan
 from .image import convert_mscoco, convert_okvqa
 from .llava import convert_llava
+from .mllm_cl import MLLM_CL_TASKS, convert_mllm_cl
 from .point_cloud import convert_cap3d, convert_cap3d_qa
 from .report import dry_run_report, format_dry_run_report, stream_samples
 from .video import convert_msvd, convert_msvd_qa
 
 __all__ = [
     "CONVERTERS",
+    "MLLM_CL_TASKS",
     "ConversionPlan",
     "convert",
     "converter_options",
@@ -61,6 +63,7 @@ CONVERTERS: dict[str, Callable[..., ConversionPlan]] = {
     "cap3d": convert_cap3d,
     "cap3d_qa": convert_cap3d_qa,
     "llava": convert_llava,
+    "mllm_cl": convert_mllm_cl,
 }
 
 

@@ -211,6 +211,8 @@ class _MediaCheck:
         absent = []
         for item in samples:
             media = item["media"]
+            if media is None:  # a text-only sample
+                continue
             if media not in self.known:
                 self.known[media] = os.path.isfile(media)
                 if not self.known[media] and not self.skip_missing:
@@ -305,6 +307,8 @@ def write_plan(
 
     def finish(item: dict) -> dict:
         media = item["media"]
+        if media is None:
+            return item
         if media not in media_cache:
             new = plan.media_step(media, Path(out)) if plan.media_step else media
             media_cache[media] = (

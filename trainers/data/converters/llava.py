@@ -4,72 +4,49 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from ..samples import LLAVA_MODALITY_KEYS
-from .core import ConversionPlan, Group, optional_source_file, read_json, sample, source_dir, source_file
+from .core import ConversionPlan, Group, optional_source_file, read_json, source_dir, source_file
 
 LLAVA_FORMAT = (
     'LLaVA JSON list: training rows {"id", "image", "conversations": [{"from": "human", "value"}, {"from": "gpt", '
     '"value"}, ...]}; test rows the same, or MLLM-CL/CoIN\'s {"question_id", "image", "text", "answer"}'
 )
-PLACEHOLDER = re.compile(r"\s*<(?:" + "|".join(LLAVA_MODALITY_KEYS) + r")>\s*")
-
-
-def _turns(row: dict, path: Path, index: int) -> list[tuple[str, str]]:
-    """(question, answer) pairs of a row: every human turn with the assistant turn that follows it."""
-    if "conversations" in row:
-        pairs, question = [], None
-        for turn in row["conversations"]:
-            if not isinstance(turn, dict) or "value" not in turn or "from" not in turn:
-                raise ValueError(
-                    f"{path}, item {index}: each turn needs 'from' and 'value', got {turn!r}; {LLAVA_FORMAT}"
-                )
-            if turn["from"] in ("human", "user"):
-                question = turn["value"]
-            elif turn["from"] in ("gpt", "assistant") and question is not None:
-                pairs.append((question, turn["value"]))
-                question = None
-        return pairs
-    if "text" in row and "answer" in row:
-        return [(row["text"], row["answer"])]
-    raise ValueError(
-        f"{path}, item {index}: neither 'conversations' nor 'text' + 'answer' (found {sorted(row)}); "
-        f"expected {LLAVA_FORMAT}"
-    )
 
 
 def _llava_groups(path: Path, media_root: Path, modality: str | None, dataset: str, task: str, name: str):
+    """One group per row, its one sample the whole conversation (`trainers.data`'s reading of the row, so that a
+    converted file and the LLaVA file loaded directly hold the same samples); rows without media are kept."""
+
+    # Imported here: the samples module loads `datasets` and the model code, which `mera data --help` does not need.
+    from ..samples import LLAVA_MODALITY_KEYS, sample_from_row
+
     def groups(counts: Counter):
         rows = read_json(path, dataset, LLAVA_FORMAT)
         if not isinstance(rows, list):
             raise ValueError(f"{path}: expected a JSON list of rows; {dataset} expects {LLAVA_FORMAT}")
         counts["rows"] += len(rows)
         for index, row in enumerate(rows):
+            where = f"{path}, item {index}"
             if not isinstance(row, dict):
-                raise ValueError(f"{path}, item {index}: expected a JSON object; {dataset} expects {LLAVA_FORMAT}")
-            key = next((key for key in LLAVA_MODALITY_KEYS if row.get(key)), None)
-            if key is None:
-                counts["rows without a media file (dropped)"] += 1
-                continue
-            media = row[key][0] if isinstance(row[key], list) else row[key]
+                raise ValueError(f"{where}: expected a JSON object; {dataset} expects {LLAVA_FORMAT}")
+            if "conversations" not in row and "messages" not in row:
+                if "text" not in row or "answer" not in row:
+                    raise ValueError(
+                        f"{where}: neither 'conversations' nor 'text' + 'answer' (found {sorted(row)}); expected "
+                        f"{LLAVA_FORMAT}"
+                    )
+                row = {**row, "prompt": row["text"], "answer": row["answer"]}
             row_id = str(row.get("id", row.get("question_id", index)))
-            items = [
-                sample(
-                    f"{name}-{row_id}-{turn}",
-                    modality or key,
-                    media_root / media,
-                    PLACEHOLDER.sub(" ", question).strip(),
-                    str(answer).strip(),
-                    task,
-                    dataset,
-                )
-                for turn, (question, answer) in enumerate(_turns(row, path, index))
-            ]
-            if not items:
-                counts["rows without a question-answer pair (dropped)"] += 1
-                continue
-            counts["question-answer pairs"] += len(items)
-            # A multi-turn conversation trains on every turn; as a test sample it is asked its first question.
-            yield Group(key=row_id, train=items, test={**items[0], "id": f"{name}-{row_id}"})
+            has_media = any(row.get(key) is not None for key in ("media", *LLAVA_MODALITY_KEYS))
+            if modality and has_media:
+                row = {**row, "modality": modality}
+            item = sample_from_row(
+                {**row, "id": f"{name}-{row_id}"}, where, media_root, {"task": task, "dataset": dataset}
+            )
+            counts["samples (whole conversations)"] += 1
+            counts["assistant turns"] += sum(turn["role"] == "assistant" for turn in item["messages"])
+            if item["media"] is None:
+                counts["text-only samples (kept)"] += 1
+            yield Group(key=row_id, train=[item], test=item)
 
     return groups
 
@@ -84,14 +61,16 @@ def convert_llava(
     task: str = "qa",
 ) -> ConversionPlan:
     """
-    LLaVA conversation JSON (MLLM-CL's train.json / test.json, CoIN's instructions): one sample per human/assistant
-    turn pair; test rows may also be {"question_id", "image", "text", "answer"}. The whole test file is kept (no
-    subset) unless there is none, then 1K rows are held out of `train`.
+    LLaVA conversation JSON (MLLM-CL's train.json / test.json, CoIN's instructions, LLaVA's mix665k): one sample per
+    row, the whole conversation with every turn, rows without media kept as text-only samples; test rows may also be
+    {"question_id", "image", "text", "answer"}, and a test sample is scored on its last answer. The whole test file
+    is kept (no subset) unless there is none, then 1K rows are held out of `train`.
 
     Files: `train` / `test` (default test.json if present); media paths are relative to `media_root` (relative to the
     data root). `modality` overrides the row's key (image / video / audio / point_cloud), `dataset` names the scored
-    data set (default: the data root's folder name), `task` is "qa" or "caption". LLaVA's "<image>" markers are
-    dropped from prompts: the processor places each modality's own placeholder.
+    data set (default: the data root's folder name), `task` is "qa" or "caption". Turns are kept as written, LLaVA's
+    "<image>" marker included: it is the placeholder of a modality named "image" (with none in a row, the placeholder
+    goes in front of the first user turn).
     """
     dataset = dataset or Path(data_root).resolve().name
     prefix = re.sub(r"\W+", "_", dataset.lower())

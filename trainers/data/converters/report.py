@@ -5,37 +5,34 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ..samples import _normalize_row
-
 
 def stream_samples(path: str | os.PathLike, media_root: str | os.PathLike | None = None) -> Iterator[dict]:
     """
     The samples of a JSONL (or JSON list) file one at a time, normalised as `trainers.data.load_samples` does
-    (relative media resolved against `media_root`, by default the file's folder) but never all in memory.
-    To train on files too large for memory: `datasets.IterableDataset.from_generator(stream_samples,
-    gen_kwargs={"path": path})`.
+    (relative media resolved against `media_root`, by default the file's folder) but never all in memory: the file
+    is streamed by `datasets` (`load_dataset("json", streaming=True)`), as `load_samples` reads it whole.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sample file not found: {path}")
     root = Path(media_root) if media_root is not None else path.parent
-    if path.suffix != ".jsonl":
-        with open(path, encoding="utf-8") as handle:
-            rows = json.load(handle)
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a JSON list of samples (or a .jsonl file), got {type(rows).__name__}")
-        for number, row in enumerate(rows, start=1):
-            yield _normalize_row(dict(row), f"{path}, row {number}", root, {})
-        return
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg})") from error
-            yield _normalize_row(row, f"{path}, line {number}", root, {})
+    # Imported here: `mera data --help` lists the converters without loading `datasets` or the model code.
+    import datasets
+
+    from ..samples import sample_from_row
+
+    rows = iter(datasets.load_dataset("json", data_files=str(path), split="train", streaming=True))
+    number = 0
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as error:  # the JSON reader's error, wrapped by datasets
+            cause = error.__cause__ or error
+            raise ValueError(f"{path}: cannot be read as sample rows ({type(cause).__name__}: {cause})") from error
+        number += 1
+        yield sample_from_row(row, f"{path}, row {number}", root, {})
 
 
 MEDIA_KINDS = ("image", "video", "audio", "point_cloud")
@@ -87,6 +84,8 @@ def _media_problem(media: str, kind: str | None, decode: bool) -> str | None:
 def _file_report(
     path: Path, known: dict[str, str | None], problems: list[str], limit: int, kind: str | None, decode: bool
 ) -> dict:
+    from ..samples import sample_from_row  # imported here, as in `stream_samples`: `mera data --help` stays light
+
     datasets: dict[str, dict[str, int]] = {}
     samples = bad_rows = missing_count = 0
     for where, row in _raw_rows(path):
@@ -94,7 +93,7 @@ def _file_report(
             item_error = row
         else:
             try:
-                item = _normalize_row(dict(row), where, path.parent, {})
+                item = sample_from_row(dict(row), where, path.parent, {})
                 item_error = None
             except (ValueError, TypeError, KeyError, AttributeError) as error:
                 item_error = ValueError(f"{where}: {error}" if where not in str(error) else str(error))
@@ -115,10 +114,6 @@ def _file_report(
                     missing_count += 1
                     if len(problems) < limit:
                         problems.append(f"{media} (sample {item['id']}, {path}): {known[media]}")
-        elif media is None:
-            missing_count += 1
-            if len(problems) < limit:
-                problems.append(f"sample {item['id']} in {path}: no media")
     return {
         "file": str(path),
         "samples": samples,
