@@ -23,7 +23,7 @@ from trainers.data import load_samples
 from trainers.settings import PHASES, ModalitySpec, StageSettings
 from trainers.stage import run_stage
 
-TINY_PHASE = {"warmup_ratio": 0.0, "logging_steps": 1, "disable_tqdm": True}
+TINY_PHASE = {"warmup_steps": 0, "logging_steps": 1, "disable_tqdm": True}
 
 SPECS = {
     "image": ModalitySpec(

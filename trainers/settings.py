@@ -33,7 +33,7 @@ def _phase_args_field(phase: str):
         default=None,
         metadata={
             "help": f"Further MeraSFTConfig fields of {PHASE_NAMES[phase]}, as a dict (YAML) or JSON (command line: "
-            f"--{phase}_args '{{\"warmup_ratio\": 0.1}}'). Fields with their own setting ({phase}_learning_rate, "
+            f"--{phase}_args '{{\"warmup_steps\": 0.1}}'). Fields with their own setting ({phase}_learning_rate, "
             "...) are set there, not here."
         },
     )
@@ -174,7 +174,7 @@ def _phase_args(phase: str, value) -> dict | None:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{name} must be a JSON object such as '{{\"warmup_ratio\": 0.1}}': {error}") from None
+            raise ValueError(f"{name} must be a JSON object such as '{{\"warmup_steps\": 0.1}}': {error}") from None
     if value is None:
         return None
     if not isinstance(value, dict):
