@@ -136,3 +136,53 @@ def test_a_killed_study_resumes_reuses_stages_and_ends_with_the_same_report(tmp_
                            timeout=400)  # fmt: skip
     assert fresh.returncode == 0, fresh.stdout[-3000:]
     assert comparable(json.loads((tmp_path / "fresh" / "report.json").read_text())) == comparable(report)
+
+
+def fake_cell(study_dir: Path, cell, backward: float, expert_video: float = 50.0) -> tuple:
+    """A finished cell folder with made-up scores (two modalities), stage infos and latency: the report's input."""
+    from trainers.study.grid import COST
+
+    folder = study_dir / "runs" / f"full-{cell.order}-seed{cell.seed}" / cell.variant
+    scores = {
+        "method": cell.method,
+        "modalities": [{"name": "image", "datasets": ["img-cap"]}, {"name": "video", "datasets": ["vid-cap"]}],
+        "experts": {"img-cap": 100.0, "vid-cap": expert_video},
+        "stages": [{"img-cap": 100.0}, {"img-cap": backward, "vid-cap": 45.0}],
+    }
+    for stage in (1, 2):
+        (folder / f"stage-{stage}").mkdir(parents=True)
+        info = {"seconds": 10.0 * stage, "peak_memory_mb": 500.0 + stage, "memory_kind": "cpu resident"}
+        (folder / f"stage-{stage}" / "stage.json").write_text(json.dumps(info))
+    (folder / "scores.json").write_text(json.dumps(scores))
+    (folder / COST).write_text(json.dumps({"ms_per_token": 5.0, "tokens": 10, "samples": 2}))
+    return cell, folder
+
+
+def test_the_report_lays_out_table5_and_lists_cells_without_relative_gain(tmp_path):
+    from trainers.study import StudyCell, write_report
+
+    cells = []
+    for seed in (0, 1):
+        for method, ratio, uses, realign, backward in (
+            ("fine_tuning", 10, False, None, 40.0),
+            ("fine_tuning", 10, False, 10, 60.0),
+            ("replay", 1, True, None, 70.0),
+            ("replay", 1, True, 10, 80.0 + seed),
+            ("mera", 10, True, None, 90.0 + 2 * seed),
+        ):
+            cells.append(fake_cell(tmp_path, StudyCell(method, "sequential", seed, ratio, uses, realign), backward))
+    cells.append(fake_cell(tmp_path, StudyCell("mera", "reverse", 0, 10, True), 95.0, expert_video=0.0))
+    markdown = write_report(cells, tmp_path, {}, wall_seconds=1.0)
+    # Table 2: per method, mean over seeds ± their std; in brackets the std over stages (BwRG 100, x).
+    assert "| MERA (10%) | 95.50 ± 0.71 [6.36] |" in markdown
+    # Table 5: without, with, and the gain paired by seed.
+    assert "| Replay (1%) | + Realign (10%) | 85.00 ± 0.00 | 90.25 ± 0.35 | 5.25 ± 0.35 |" in markdown
+    assert "| Fine-Tuning | + Realign (10%) | 70.00 ± 0.00 | 80.00 ± 0.00 | 10.00 ± 0.00 |" in markdown
+    # Table 6: time relative to Fine-Tuning (30 s each), the larger stage peak, latency.
+    assert "| Replay (1%) + Realign (10%) | 30 ± 0 | 1.00× | 502 | 5.0 ± 0.0 |" in markdown
+    # A cell whose expert scored 0 on every video dataset has no Relative Gain; it is listed, and its raw scores kept.
+    assert "- MERA (10%), reverse, seed 0: " in markdown and "every expert score of modality 'video' is 0" in markdown
+    assert "## Table 12: raw scores after each stage, reverse order" in markdown
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [row["variant"] for row in report["tables"]["table5"]] == ["fine_tuning+realign10", "replay-r1+realign10"]
+    assert (tmp_path / "relative_gain_sequential.png").is_file()

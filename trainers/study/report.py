@@ -304,6 +304,7 @@ def write_report(finished: Sequence[tuple[StudyCell, Path]], out: Path, grid: di
             text, tables[f"table{number}"] = tables_raw_scores(every_record, order)
             sections.append(f"## Table {number}: raw scores after each stage, {order} order\n\n{text}")
     figures = []
+    orders = [order for order in orders if any(r["order"] == order for r in records)]  # rated cells only
     for order in orders:
         figures.append(plot_progressive_relative_gain(averaged_summaries(records, [order]),
                                                       out / f"relative_gain_{order}.png"))  # fmt: skip
