@@ -48,7 +48,7 @@ def test_fingerprints_tell_which_stages_are_the_same(tmp_path):
     assert keys(config, method="replay", replay_ratio=1, realign_ratio=25.0)[0] == fine_tuning[0]  # 25 == 25.0
     # Anything that trains differently changes every stage from there on.
     assert keys(config, method="mera", seed=1)[0] != mera[0]
-    assert keys(config, method="mera", finetune_args={**config.finetune_args, "learning_rate": 1e-3})[0] != mera[0]
+    assert keys(config, method="mera", finetune_learning_rate=1e-3)[0] != mera[0]
     assert keys(config, method="mera", order="reverse")[0] != mera[0]
     train = Path(config.data_root) / config.modalities[1]["train"]
     train.write_text(train.read_text().replace("tone", "beep", 1))
