@@ -15,6 +15,7 @@ from trl import TrlParser
 # Sub-command name -> its module; order is the order `mera --help` lists them in.
 COMMANDS = {
     "demo": "recipes.demo",
+    "study": "recipes.study",
     "continual": "recipes.continual",
     "stage": "recipes.stage",
     "data": "recipes.data",

@@ -6,7 +6,8 @@ Every stage of one continual-learning method, in one modality order, evaluated a
     mera continual --config recipes/configs/paper_sequential.yaml --data_root /data/mera --method mera
 
 Resumable: a killed run continues at its last finished stage (a finished stage is never re-trained), and within a
-stage after its merge. `--dry_run` lists each stage's data with counts and checks every media file, then lists the
+stage after its merge. `--dry_run` checks the method settings (exit code 2 names the bad field), lists each
+stage's data with counts and checks every media file, then lists the
 pretrained checkpoints the config names (language model, encoders, Q-Former init) and where each is expected, without
 loading a model; it exits with 1 when a data, media or local checkpoint file is missing. Any field of the YAML can be
 overridden on the command line (`--replay_ratio 1`, `--finetune_learning_rate 1e-4`, `--lora_r 64`).
@@ -66,8 +67,14 @@ def dry_run(config: ContinualConfig) -> dict:
 def main(config: ContinualConfig, script_args: ScriptArguments) -> int:
     if script_args.dry_run:
         from trainers.data.converters import format_dry_run_report
+        from trainers.methods import check_method_settings
         from trainers.pretrained import format_checkpoints, missing_checkpoints
 
+        try:
+            check_method_settings(config)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         report = dry_run(config)
         print(format_dry_run_report(report))
         print(format_checkpoints(report["checkpoints"]))

@@ -47,7 +47,7 @@ def main(config: ContinualConfig, args: StageArguments) -> int:
     from trainers import console
     from trainers.checkpoint import is_finished_stage
     from trainers.continual import base_model_and_processor, build_stage_plan, load_stage_data
-    from trainers.methods import get_method_plugins
+    from trainers.methods import check_method_settings
     from trainers.stage import check_runtime, run_stage
 
     check_runtime(config)
@@ -66,7 +66,7 @@ def main(config: ContinualConfig, args: StageArguments) -> int:
         previous, processor = Path(args.previous or Path(config.output_dir) / f"stage-{args.stage - 1}"), None
         if not is_finished_stage(previous):
             raise FileNotFoundError(f"stage {args.stage} needs the finished stage {args.stage - 1} in {previous}")
-    plugins = get_method_plugins(config.method, config)
+    plugins = check_method_settings(config)
     train = load_stage_data(step.train_files)
     with console.context(stage=args.stage, stages=len(plan), modality=step.spec.name, method=config.method):
         run_stage(previous, processor, step.spec, train, output_dir, args.stage, plugins, config.stage_settings())

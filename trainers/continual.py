@@ -31,8 +31,9 @@ from .data import load_samples
 from .data.samples import read_sample_file
 from .distributed import process_state
 from .evaluation.generation import evaluate_model
+from .evaluation.judges import get_judge
 from .evaluation.metrics import ScoreMatrix, format_report, summarize
-from .methods import get_method_plugins
+from .methods import check_method_settings, get_method_plugins
 from .pretrained import missing_checkpoints, required_checkpoints
 from .settings import MODALITY_KEYS, ContinualConfig, ModalitySpec
 from .stage import check_runtime, run_stage
@@ -123,7 +124,8 @@ def _check_run_config(config: ContinualConfig, output_dir: Path):
     """A resumed run must be the same run: same method, order, modalities, language model and settings."""
     saved_file = output_dir / "run_config.json"
     current = json.loads(json.dumps(asdict(config), default=str))
-    volatile = {"output_dir", "experts_dir", "data_root", "judge", "eval_batch_size", "test_limit", "train_experts"}
+    volatile = {"output_dir", "experts_dir", "data_root", "judge", "judge_args", "eval_batch_size", "test_limit"}
+    volatile |= {"train_experts"}
     volatile |= {"push_to_hub", "hub_model_id", "hub_private_repo"}
     if saved_file.is_file():
         saved = json.loads(saved_file.read_text())
@@ -159,7 +161,7 @@ def evaluate_stage(config: ContinualConfig, stage_dir: Path, plan: list[StagePla
         model,
         processor,
         samples,
-        judge=config.judge,
+        judge=get_judge(config.judge, **config.judge_args) if config.judge_args else config.judge,
         batch_size=config.eval_batch_size,
         max_new_tokens=config.max_new_tokens,
         output_file=output_file,
@@ -219,6 +221,7 @@ def run_continual(config: ContinualConfig) -> dict:
     plan = build_stage_plan(config)
     check_method_fits_plan(config, plan)  # an unknown method or a stage it cannot run fails before any writing
     output_dir = Path(config.output_dir)
+    check_method_settings(config)  # an unknown method or a bad setting fails here, before anything is written
     check_runtime(config)  # e.g. load_in_4bit without CUDA: refused before anything is written
     _check_run_config(config, output_dir)
     missing = missing_checkpoints(required_checkpoints(config.language_model, config.modalities or []))
