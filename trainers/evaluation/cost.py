@@ -65,7 +65,7 @@ def generation_latency(model, processor, samples: list[dict], new_tokens: int = 
     exactly `new_tokens` tokens per sample (end-of-sequence is suppressed until then). The first `warmup` samples
     are run once more beforehand and not timed.
     """
-    from ..data import prompt_with_placeholder, read_media  # the data stack is only needed here
+    from ..data import encode_samples  # the data stack is only needed here
 
     if not samples:
         raise ValueError("generation_latency needs at least one sample")
@@ -74,12 +74,8 @@ def generation_latency(model, processor, samples: list[dict], new_tokens: int = 
     model.eval()
 
     def generate(sample):
-        kind = processor.config.modalities[sample["modality"]]["kind"]
-        batch = processor(
-            [prompt_with_placeholder(processor.config, sample)],
-            media=[{sample["modality"]: read_media(sample["media"], kind)}],
-            padding_side="left",
-        ).to(model.device)
+        # The evaluation loop's own encoding: the conversation up to the last user turn, left-padded.
+        batch = encode_samples(processor, [sample], "left", for_generation=True).to(model.device)
         output = model.generate(
             **batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_token_id
         )
