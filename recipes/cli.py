@@ -19,6 +19,7 @@ from trainers.errors import USER_ERROR_EXIT_CODE, UserError
 # Sub-command name -> its module; order is the order `mera --help` lists them in.
 COMMANDS = {
     "demo": "recipes.demo",
+    "study": "recipes.study",
     "continual": "recipes.continual",
     "stage": "recipes.stage",
     "data": "recipes.data",

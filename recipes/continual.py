@@ -63,8 +63,14 @@ def dry_run(config: ContinualConfig) -> dict:
 def main(config: ContinualConfig, script_args: ScriptArguments) -> int:
     if script_args.dry_run:
         from trainers.data.converters import format_dry_run_report
+        from trainers.errors import UserError
+        from trainers.methods import check_method_settings
         from trainers.pretrained import format_checkpoints, missing_checkpoints
 
+        try:  # a bad method setting ends the dry run as a user error (exit code 2), before the report
+            check_method_settings(config)
+        except ValueError as error:
+            raise UserError(str(error)) from None
         report = dry_run(config)
         print(format_dry_run_report(report))
         print(format_checkpoints(report["checkpoints"]))

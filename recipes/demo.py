@@ -106,7 +106,8 @@ def main(args: argparse.Namespace) -> int:
     size = "quick" if args.quick else "full"
     # Said before the heavy imports, which take a while.
     print(
-        f"mera demo ({'quick: a ' + SMOKE_TEST_NOTE if args.quick else 'full benchmark'}): methods {args.methods}, "
+        f"mera demo ({'quick: a ' + SMOKE_TEST_NOTE if args.quick else 'full benchmark'}), {args.scenario} scenario: "
+        f"methods {args.methods or DEFAULT_METHODS[args.scenario]}, "
         f"{args.order} order, seed {args.seed}, output {args.out}/",
         flush=True,
     )

@@ -48,7 +48,7 @@ def main(config: ContinualConfig, args: StageArguments) -> int:
     from trainers.checkpoint import clean_finished_stage, is_finished_stage
     from trainers.continual import base_model_and_processor, build_stage_plan, load_stage_data, open_run
     from trainers.errors import UserError, UserFileNotFoundError
-    from trainers.methods import get_method_plugins
+    from trainers.methods import check_method_settings
     from trainers.stage import run_stage
 
     console.configure(verbose=args.verbose)
@@ -72,7 +72,7 @@ def main(config: ContinualConfig, args: StageArguments) -> int:
                 raise UserFileNotFoundError(
                     f"stage {args.stage} needs the finished stage {args.stage - 1} in {previous}"
                 )
-        plugins = get_method_plugins(config.method, config)
+        plugins = check_method_settings(config)  # checked by open_run already
         train = load_stage_data(step.train_files)
         with console.context(stage=args.stage, stages=len(plan), modality=step.spec.name, method=config.method):
             run_stage(previous, processor, step.spec, train, output_dir, args.stage, plugins, config.stage_settings())

@@ -66,7 +66,7 @@ def test_a_three_turn_llava_row_trains_on_exactly_its_three_answers(tmp_path):
     before = mean_loss(model, processor, samples)
     # The tiny random LLM trained whole: LoRA on it moves the loss slowly (its logits start near uniform).
     args = MeraSFTConfig(output_dir=str(tmp_path / "run"), per_device_train_batch_size=1, num_train_epochs=20,
-                         learning_rate=3e-3, warmup_ratio=0.0, lr_scheduler_type="constant", disable_tqdm=True,
+                         learning_rate=3e-3, warmup_steps=0, lr_scheduler_type="constant", disable_tqdm=True,
                          trainable=["connector:new", "llm"])  # fmt: skip
     trainer = MeraSFTTrainer(model, args, samples, processor)
     trainer.train()

@@ -378,3 +378,27 @@ def test_evaluation_file_is_not_written_when_the_judge_is_down(server, tmp_path)
         max_new_tokens=3, output_file=output, progress=False,
     )  # fmt: skip
     assert output.exists() and result["datasets"][samples[0]["dataset"]]["num_failures"] == 0
+
+
+def test_judge_model_url_and_prompt_come_from_the_run_config(server, tmp_path, monkeypatch):
+    from trainers.settings import ContinualConfig
+
+    monkeypatch.setenv("OPENAI_API_KEY", "not-a-real-key")
+    prompt = "Grade it.\nQuestion: {question}\nCorrect Answer: {answer}\nPredicted Answer: {prediction}"
+    settings = {"model": "local-judge", "base_url": server.base_url, "system_prompt": "You grade answers.",
+                "user_prompt": prompt, "cache_file": str(tmp_path / "verdicts.jsonl"), "progress": False}  # fmt: skip
+    config = ContinualConfig(judge="gpt", judge_args=settings)
+    judge = get_judge(config.judge, **config.judge_args)
+    result = score_qa(judge, QUESTIONS[:2], ANSWERS[:2], PREDICTIONS[:2])
+    assert result["accuracy"] == 0.5 and result["judge"] == "gpt:local-judge"
+    body = server.requests[0]["body"]
+    assert body["model"] == "local-judge" and body["messages"][0]["content"] == "You grade answers."
+    assert body["messages"][1]["content"].startswith("Grade it.\nQuestion: ")
+    for wrong, message in (
+        ({"modle": "x"}, r"judge_args \['modle'\] are not settings of the 'gpt' judge"),
+        ({"api_key": "sk-1"}, "does not belong in a config file"),
+        ({"user_prompt": "Is {prediction} right?"}, r"lacks \['answer'\]"),
+        ({"user_prompt": "{answer} {prediction} {reference}"}, r"unknown \['reference'\]"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ContinualConfig(judge="gpt", judge_args=wrong)

@@ -332,7 +332,7 @@ def test_four_modality_model_with_the_papers_audio_and_point_cloud_experts(tmp_p
         feature_processor=waveform_extractor,
         options={"max_audio_seconds": 0.5},
     )
-    phase = {"warmup_ratio": 0.0, "disable_tqdm": True}
+    phase = {"warmup_steps": 0, "disable_tqdm": True}
     settings = StageSettings(
         **{
             f"{name}_{field}": value

@@ -35,9 +35,9 @@ def parse(*argv: str, parser=None) -> ContinualConfig:
 
 def test_every_shipped_config_parses_validates_and_plans():
     shipped = sorted(path.name for path in CONFIGS.glob("*.yaml"))
-    assert shipped == ["demo.yaml", "paper_reverse.yaml", "paper_sequential.yaml", "tiny.yaml"]
+    assert shipped == ["demo.yaml", "demo_domain.yaml", "paper_reverse.yaml", "paper_sequential.yaml", "tiny.yaml"]
     for name in shipped:
-        if name == "demo.yaml":  # `mera demo`'s own file: its shared settings are ContinualConfig fields
+        if name.startswith("demo"):  # `mera demo`'s own files: their shared settings are ContinualConfig fields
             for quick in (False, True):
                 ContinualConfig(**demo_config(CONFIGS / name, quick)["settings"])
             continue
@@ -77,13 +77,13 @@ def test_every_setting_is_a_command_line_flag_and_reaches_the_phase():
         "--finetune_num_train_epochs", "3",
         "--realign_learning_rate", "5e-5",
         "--pretrain_gradient_accumulation_steps", "4",
-        "--finetune_args", '{"warmup_ratio": 0.1, "weight_decay": 0.01}',
+        "--finetune_args", '{"warmup_steps": 0.1, "weight_decay": 0.01}',
         "--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "q_proj", "v_proj",
         "--push_to_hub", "true", "--hub_model_id", "org/tiny",
     )  # fmt: skip
     finetune = phase_config(config, "finetune", Path("unused"))
     assert (finetune.learning_rate, finetune.per_device_train_batch_size, finetune.num_train_epochs) == (1e-4, 2, 3)
-    assert (finetune.warmup_ratio, finetune.weight_decay) == (0.1, 0.01)
+    assert (finetune.warmup_steps, finetune.weight_decay) == (0.1, 0.01)
     assert finetune.connector_learning_rate == 3e-3, "untouched settings keep the YAML's value"
     assert phase_config(config, "realign", Path("unused")).learning_rate == 5e-5
     assert phase_config(config, "pretrain", Path("unused")).gradient_accumulation_steps == 4

@@ -37,6 +37,23 @@ def test_dry_run_lists_stages_and_checks_media(tmp_path):
     assert str(tmp_path / "data" / "audio" / "test" / "audio-2.wav") in result.stdout
 
 
+def test_dry_run_refuses_bad_method_settings_before_writing_anything(tmp_path):
+    config = write_tiny_run(tmp_path)
+    settings = yaml.safe_load(config.read_text())
+    cases = [
+        ({"method": "meera"}, "unknown method 'meera'"),
+        ({"method": "ewc", "method_args": {"fisher_percent": -1}}, "fisher_percent in (0, 100]"),
+        ({"method": "replay", "realign_ratio": 150}, "realign_ratio must be a percentage in (0, 100], got 150"),
+    ]  # every refusal of check_method_settings: tests/test_methods.py
+    for changes, message in cases:
+        variant = tmp_path / "variant.yaml"
+        variant.write_text(yaml.safe_dump({**settings, **changes}))
+        result = run_recipe("continual.py", "--config", str(variant), "--dry_run")
+        assert result.returncode == 2 and message in result.stderr, (changes, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_killed_continual_run_resumes_without_retraining_finished_stages(tmp_path):
     config = write_tiny_run(tmp_path)
     run = tmp_path / "run"

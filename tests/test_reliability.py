@@ -51,9 +51,9 @@ def recipe(*args: str) -> subprocess.CompletedProcess:
     "overrides, expected",
     [
         ({"method": "mera_"}, "unknown method 'mera_'"),
-        ({"replay_ratio": 150}, "replay_ratio: a percentage in [0, 100]"),
-        ({"replay_ratio": 0}, "replay_ratio: method 'mera' (realign) trains on replayed samples"),
-        ({"method": "fine_tuning", "realign_ratio": 50}, "realign_ratio: 50% is more than the 25% the replay buffer"),
+        ({"replay_ratio": 150}, "replay_ratio must be a percentage in (0, 100], got 150"),
+        ({"replay_ratio": 0}, "replay_ratio must be a percentage in (0, 100], got 0"),
+        ({"method": "mera", "realign_ratio": 10}, "'mera' already realigns"),
         ({"method_args": {"router_samples": 3}}, "method_args ['router_samples'] are not settings of method"),
         ({"judge": "gpt4"}, "judge: 'gpt4' is not a judge"),
         ({"test_limit": 0}, "test_limit: a positive whole number"),

@@ -33,7 +33,7 @@ from .data.samples import read_sample_file
 from .distributed import process_state
 from .errors import UserError
 from .evaluation.generation import evaluate_model
-from .evaluation.judges import format_judge_failures, judge_failures
+from .evaluation.judges import format_judge_failures, get_judge, judge_failures
 from .evaluation.metrics import ScoreMatrix, format_report, summarize
 from .methods import get_method_plugins
 from .run_lock import RunLock
@@ -183,7 +183,7 @@ def evaluate_stage(config: ContinualConfig, stage_dir: Path, plan: list[StagePla
         model,
         processor,
         samples,
-        judge=config.judge,
+        judge=get_judge(config.judge, **config.judge_args) if config.judge_args else config.judge,
         batch_size=config.eval_batch_size,
         max_new_tokens=config.max_new_tokens,
         output_file=output_file,

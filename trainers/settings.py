@@ -36,7 +36,7 @@ def _phase_args_field(phase: str):
         default=None,
         metadata={
             "help": f"Further MeraSFTConfig fields of {PHASE_NAMES[phase]}, as a dict (YAML) or JSON (command line: "
-            f"--{phase}_args '{{\"warmup_ratio\": 0.1}}'). Fields with their own setting ({phase}_learning_rate, "
+            f"--{phase}_args '{{\"warmup_steps\": 0.1}}'). Fields with their own setting ({phase}_learning_rate, "
             "...) are set there, not here."
         },
     )
@@ -177,7 +177,7 @@ def _phase_args(phase: str, value) -> dict | None:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{name} must be a JSON object such as '{{\"warmup_ratio\": 0.1}}': {error}") from None
+            raise ValueError(f"{name} must be a JSON object such as '{{\"warmup_steps\": 0.1}}': {error}") from None
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -240,7 +240,8 @@ class ContinualConfig(StageSettings):
     realign_ratio: float | None = field(
         default=None,
         metadata={
-            "help": "Add MERA's realign step on R%% of every stage's data after any method (R <= replay_ratio).",
+            "help": "Add MERA's realign step on R%% of every stage's data after any method. Replay and realign draw "
+            "independently: the replay buffer keeps max(replay_ratio, realign_ratio)%% of each stage.",
             "aliases": ["--realign"],
         },
     )
@@ -259,6 +260,14 @@ class ContinualConfig(StageSettings):
         metadata={
             "help": "Share of a QA test set's verdicts that may fail (judge server errors, unparsable replies); "
             "above it the run stops with a message after scoring what it could, and nothing failed is cached."
+        },
+    )
+    judge_args: dict | None = field(
+        default=None,
+        metadata={
+            "help": "Settings of the 'gpt' judge: model (paper: gpt-4o-mini), base_url (any OpenAI-compatible "
+            "server, e.g. a local vLLM), system_prompt, user_prompt (a template of {question}, {answer} and "
+            "{prediction}), concurrency, retries, temperature, timeout, cache_file. The key comes from OPENAI_API_KEY."
         },
     )
     eval_batch_size: int = field(default=16, metadata={"help": "Batch size of evaluation's greedy decoding."})
@@ -313,6 +322,9 @@ class ContinualConfig(StageSettings):
             for key in ("name", "train", "test"):
                 if not modality.get(key):
                     raise UserError(f"modalities[{index}]: '{key}' is required")
+        from .evaluation.judges import check_judge_args  # no torch there
+
+        check_judge_args(self.judge, self.judge_args)
         if not isinstance(self.push_to_hub, bool):
             raise UserError(
                 f"push_to_hub is a boolean, as in transformers' TrainingArguments, got {self.push_to_hub!r}; give the "
@@ -329,5 +341,11 @@ class ContinualConfig(StageSettings):
                 raise UserError(f"hub_model_id must be a Hub repo id like 'org/name': {error}") from None
 
     def stage_settings(self) -> StageSettings:
-        """The stage loop's settings: this config's `StageSettings` fields."""
-        return StageSettings(**{f.name: getattr(self, f.name) for f in fields(StageSettings)})
+        """
+        The stage loop's settings: this config's `StageSettings` fields, with the replay buffer keeping the larger
+        of `replay_ratio` and `realign_ratio` (replay and realign then draw their own shares from it).
+        """
+        settings = {f.name: getattr(self, f.name) for f in fields(StageSettings)}
+        # A float either way, so that 10 and 10.0 give one stage fingerprint (`mera study`).
+        settings["replay_ratio"] = float(max(self.replay_ratio, self.realign_ratio or 0.0))
+        return StageSettings(**settings)

@@ -47,6 +47,7 @@ from .checkpoint import (
 )
 from .data import ReplayBuffer
 from .distributed import process_state, sharded_launch
+from .evaluation.cost import PeakMemory
 from .methods.mera import mera_plugins
 from .plugins import HOOKS, StageContext, StagePlugin
 from .quantization import check_quantization_available, quantization_config, quantize_llm, restore_full_precision
@@ -247,7 +248,7 @@ def _resume_merged(ctx: StageContext, finetuned_dir: Path):
     ctx.log, ctx.adapter_format = finetuned_info["log"], adapter_format_of(finetuned_info, finetuned_dir / STAGE_INFO)
 
 
-def _save(ctx: StageContext, plugins: list[StagePlugin], output_dir: Path, started: float):
+def _save(ctx: StageContext, plugins: list[StagePlugin], output_dir: Path, started: float, memory: PeakMemory):
     info = {
         "stage": ctx.stage,
         "modality": ctx.modality,
@@ -259,6 +260,7 @@ def _save(ctx: StageContext, plugins: list[StagePlugin], output_dir: Path, start
         "log": ctx.log,
         "train_samples": len(ctx.train_dataset),
         "seconds": round(time.time() - started, 1),
+        **memory.read(),
     }
     save_stage(ctx.model, ctx.processor, ctx.replay, info, output_dir, ctx.adapter_format, plugins)
     if process_state().is_main_process:
@@ -301,7 +303,15 @@ def run_stage(
     new_modality = spec.name not in model.modalities
     if not new_modality:
         _check_plugins(plugins, spec, stage)
-    started = time.time()
+    kept = {index: info["ratio_percent"] for index, info in replay.info.items()}
+    short = {index: ratio for index, ratio in kept.items() if ratio < settings.replay_ratio}
+    if short:
+        raise ValueError(
+            f"stage {stage} draws up to {settings.replay_ratio}% of every earlier stage from the replay buffer, but "
+            f"the checkpoint's buffer keeps less of stage(s) {short} (in %); continue with replay_ratio and "
+            "realign_ratio at most that, or retrain those stages"
+        )
+    started, memory = time.time(), PeakMemory()
 
     if new_modality:
         _add_modality(model, processor, spec, settings)
@@ -328,5 +338,5 @@ def run_stage(
         _finetune(ctx, plugins)
         _merge(ctx, plugins, finetuned_dir)
     _call(plugins, "after_stage", ctx)  # MERA's realign; EWC's Fisher; MR-LoRA's router
-    _save(ctx, plugins, output_dir, started)
+    _save(ctx, plugins, output_dir, started, memory)
     return output_dir

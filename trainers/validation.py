@@ -50,43 +50,16 @@ SettingCheck = Callable[[object, list], list[str]]
 
 
 def _check_method(config, plan) -> list[str]:
-    """The method exists, takes the given `method_args`, can run every stage of the plan, and its ratios can be met."""
-    from .methods import get_method_plugins
-    from .methods.mera import RealignPlugin
-    from .methods.replay import ReplayPlugin
+    """The method's settings (`trainers.methods.check_method_settings`: its name, `method_args` and ratios), and
+    whether it can run every stage of the plan."""
+    from .methods import check_method_settings
 
-    problems = []
-    if config.method_args is not None and not isinstance(config.method_args, dict):
-        return [f"method_args: expected a mapping of the method's settings, got {config.method_args!r}"]
     try:
-        plugins = get_method_plugins(config.method, config)
-    except (ValueError, TypeError) as error:
-        return [f"method {config.method!r}: {error}"]
-    try:  # a task stage on a modality learnt before, with a method that isolates per modality (EProj)
+        check_method_settings(config)
         check_method_fits_plan(config, plan)
-    except UserError as error:
-        problems.append(str(error))
-    ratio = config.replay_ratio
-    if not isinstance(ratio, (int, float)) or not 0 <= ratio <= 100:
-        return [*problems, f"replay_ratio: a percentage in [0, 100] is expected, got {ratio!r}"]
-    replays = [
-        p for p in plugins if isinstance(p, ReplayPlugin) or (isinstance(p, RealignPlugin) and p.realign_ratio is None)
-    ]
-    if replays and ratio == 0:
-        names = ", ".join(plugin.name for plugin in replays)
-        problems.append(
-            f"replay_ratio: method {config.method!r} ({names}) trains on replayed samples, so it must be > 0"
-        )
-    realign = config.realign_ratio
-    if realign is not None:
-        if not 0 < realign <= 100:
-            problems.append(f"realign_ratio: a percentage in (0, 100] is expected, got {realign!r}")
-        elif realign > ratio:
-            problems.append(
-                f"realign_ratio: {realign}% is more than the {ratio}% the replay buffer keeps (replay_ratio); "
-                "raise replay_ratio to at least the realign ratio"
-            )
-    return problems
+    except (ValueError, TypeError) as error:
+        return [str(error)]
+    return []
 
 
 def check_method_fits_plan(config, plan: list):

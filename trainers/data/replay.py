@@ -60,6 +60,32 @@ class ReplayBuffer:
             raise ValueError(f"the replay buffer is empty for stage(s) {stages}")
         return concatenate_datasets(parts)
 
+    def subset(self, ratio_percent: float, seed: int, stages: list[int] | None = None, purpose: int = 0) -> Dataset:
+        """
+        r% of each stage's training data, drawn from that stage's kept samples (default: all stages), seeded by
+        (`seed`, stage, `purpose`) so that replay and realign draw independently of each other. Where r is the
+        buffer's own ratio, the kept samples are returned whole.
+        """
+        stages = sorted(self.stages) if stages is None else stages
+        parts = []
+        for stage in stages:
+            samples, info = self.stages[stage], self.info[stage]
+            count = replay_count(info["of"], ratio_percent)
+            if count > len(samples):
+                raise ValueError(
+                    f"{ratio_percent}% of stage {stage} needs {count} samples but the replay buffer keeps "
+                    f"{len(samples)} ({info['ratio_percent']}% of {info['of']}); the buffer must keep the largest "
+                    "ratio the method asks for"
+                )
+            if count < len(samples):
+                rng = np.random.default_rng([seed, stage, purpose])
+                samples = samples.select(np.sort(rng.choice(len(samples), size=count, replace=False)).tolist())
+            if len(samples):
+                parts.append(samples)
+        if not parts:
+            raise ValueError(f"{ratio_percent}% of stage(s) {stages} holds no sample")
+        return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
     def save(self, directory: str | os.PathLike):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -25,9 +25,11 @@ Example:
 
 import ast
 import hashlib
+import inspect
 import json
 import os
 import re
+import string
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -186,6 +188,26 @@ JUDGE_USER_PROMPT = (
     "in INTEGER, not STRING. DO NOT PROVIDE ANY OTHER OUTPUT TEXT OR EXPLANATION. Only provide the Python "
     "dictionary string. For example, your response should look like this: {{'pred': 'yes', 'score': 4}}."
 )
+PROMPT_FIELDS = ("question", "answer", "prediction")
+
+
+def check_user_prompt(user_prompt: str) -> str:
+    """A judge's user prompt is a `str.format` template of {question}, {answer} and {prediction}."""
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(user_prompt) if name is not None}
+    except ValueError as error:
+        raise ValueError(
+            f"user_prompt is not a valid format template ({error}); write literal braces as {{{{ }}}}"
+        ) from None
+    unknown, missing = sorted(fields - set(PROMPT_FIELDS)), [f for f in ("answer", "prediction") if f not in fields]
+    if unknown or missing:
+        raise ValueError(
+            f"user_prompt may use the fields {{question}}, {{answer}}, {{prediction}} and must use {{answer}} and "
+            f"{{prediction}}; it has unknown {unknown} and lacks {missing} (write literal braces as {{{{ }}}})"
+        )
+    return user_prompt
+
+
 _DICT_IN_REPLY = re.compile(r"\{.*?\}", re.DOTALL)
 
 
@@ -301,6 +323,8 @@ class GPTJudge(Judge):
         timeout: seconds per request.
         client_max_retries: the `openai` client's own retries on connection errors, 429 and 5xx.
         progress: show a progress bar in `judge_many`.
+        system_prompt, user_prompt: the judge's instructions and the per-sample template (with {question},
+            {answer}, {prediction}); the paper's by default.
     """
 
     name = "gpt"
@@ -318,7 +342,10 @@ class GPTJudge(Judge):
         timeout: float = 60.0,
         client_max_retries: int = 3,
         progress: bool = True,
+        system_prompt: str = JUDGE_SYSTEM_PROMPT,
+        user_prompt: str = JUDGE_USER_PROMPT,
     ):
+        self.system_prompt, self.user_prompt = system_prompt, check_user_prompt(user_prompt)
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}.")
         if concurrency < 1:
@@ -346,12 +373,12 @@ class GPTJudge(Judge):
 
     def judge(self, question: str, answer: Answer, prediction: str) -> Verdict:
         answer_text = " / ".join(_as_answer_list(answer))
-        user_prompt = JUDGE_USER_PROMPT.format(question=question, answer=answer_text, prediction=prediction)
+        user_prompt = self.user_prompt.format(question=question, answer=answer_text, prediction=prediction)
         key = VerdictCache.key(
             self.model,
             str(self.client.base_url),
             self.temperature,
-            JUDGE_SYSTEM_PROMPT,
+            self.system_prompt,
             user_prompt,
             question,
             answer_text,
@@ -366,7 +393,7 @@ class GPTJudge(Judge):
                 response = self.client.chat.completions.create(
                     model=self.model,
                     messages=[
-                        {"role": "system", "content": JUDGE_SYSTEM_PROMPT},
+                        {"role": "system", "content": self.system_prompt},
                         {"role": "user", "content": user_prompt},
                     ],
                     temperature=self.temperature,
@@ -413,6 +440,24 @@ def get_judge(name: str | None = None, **kwargs) -> Judge:
     if name not in JUDGES:
         raise ValueError(f"Unknown judge {name!r}; choose one of {sorted(JUDGES)} (or 'auto').")
     return JUDGES[name](**kwargs)
+
+
+def check_judge_args(name: str | None, judge_args: dict | None) -> None:
+    """Refuse `judge_args` the judge `name` does not take (before anything runs), and any API key: keys come from
+    the environment (`OPENAI_API_KEY`), never from a config file."""
+    if not judge_args:
+        return
+    if not isinstance(judge_args, dict):
+        raise ValueError(f"judge_args must be a mapping of judge settings, got {judge_args!r}")
+    if "api_key" in judge_args:
+        raise ValueError("judge_args: an API key does not belong in a config file; set OPENAI_API_KEY instead")
+    classes = [JUDGES[name]] if name in JUDGES else list(JUDGES.values())  # None / "auto": either may run
+    accepted = set.union(*(set(inspect.signature(cls.__init__).parameters) - {"self", "api_key"} for cls in classes))
+    unknown = sorted(set(judge_args) - accepted)
+    if unknown:
+        raise ValueError(f"judge_args {unknown} are not settings of the {name!r} judge; it takes {sorted(accepted)}")
+    if "user_prompt" in judge_args:
+        check_user_prompt(judge_args["user_prompt"])
 
 
 def score_qa(judge: Judge, questions: Sequence[str], answers: Sequence[Answer], predictions: Sequence[str]) -> dict:
