@@ -10,7 +10,7 @@ from conftest import build_tiny_model, tiny_image_processor, tiny_processor, tin
 from test_stage import SPECS, tiny_settings
 
 from modeling_mera import MeraProcessor
-from trainers.continual import build_stage_plan, check_method_fits_plan, run_continual
+from trainers.continual import build_stage_plan, run_continual
 from trainers.data import MeraDataCollator, load_samples
 from trainers.data.conversations import assistant_spans, encode_conversation, encode_samples, render_conversation
 from trainers.data.converters import convert
@@ -18,6 +18,7 @@ from trainers.methods import get_method_plugins
 from trainers.settings import ContinualConfig, ModalitySpec
 from trainers.sft import MeraSFTConfig, MeraSFTTrainer
 from trainers.stage import run_stage
+from trainers.validation import check_method_fits_plan
 
 THREE_TURNS = [
     {"from": "human", "value": "<image>\nwhat color is it ?"},

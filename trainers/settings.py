@@ -11,6 +11,9 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .errors import UserError
+from .evaluation.judges import DEFAULT_MAX_FAILURE_RATE
+
 # The per-phase settings a command line reaches by name (`--finetune_learning_rate 1e-4`): `{phase}_{field}` sets
 # the field of the phase's `MeraSFTConfig`. Every other MeraSFTConfig field goes into `{phase}_args`.
 PHASES = ("pretrain", "finetune", "realign")
@@ -252,6 +255,13 @@ class ContinualConfig(StageSettings):
     dtype: str = field(default="float32", metadata={"help": "dtype the LLM is loaded in (float32, bfloat16, ...)."})
     use_chat_template: bool = field(default=False, metadata={"help": "Wrap prompts in the LLM's chat template."})
     judge: str = field(default="match", metadata={"help": "QA judge: 'match' (offline) or 'gpt'."})
+    max_judge_failure_rate: float = field(
+        default=DEFAULT_MAX_FAILURE_RATE,
+        metadata={
+            "help": "Share of a QA test set's verdicts that may fail (judge server errors, unparsable replies); "
+            "above it the run stops with a message after scoring what it could, and nothing failed is cached."
+        },
+    )
     judge_args: dict | None = field(
         default=None,
         metadata={
@@ -286,38 +296,49 @@ class ContinualConfig(StageSettings):
     hub_private_repo: bool | None = field(
         default=None, metadata={"help": "Create the hub_model_id repo private (default: the Hub's default)."}
     )
+    validate_media: str = field(
+        default="decode",
+        metadata={
+            "help": "How every media file is checked before the run starts: 'decode' reads each one (a corrupt "
+            "image is caught before training), 'exists' only checks that it is there and not empty (faster)."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if self.order not in ("sequential", "reverse"):
-            raise ValueError(f"order must be 'sequential' or 'reverse', got {self.order!r}")
+            raise UserError(f"order must be 'sequential' or 'reverse', got {self.order!r}")
+        if self.validate_media not in ("decode", "exists"):
+            raise UserError(f"validate_media must be 'decode' or 'exists', got {self.validate_media!r}")
         for index, modality in enumerate(self.modalities or []):
+            if not isinstance(modality, dict):
+                raise UserError(f"modalities[{index}]: expected a mapping (name, train, test, ...), got {modality!r}")
             unknown = sorted(set(modality) - MODALITY_KEYS - MODALITY_DATA_KEYS)
             if unknown:
-                raise ValueError(
+                raise UserError(
                     f"modalities[{index}] ({modality.get('name')!r}): unknown keys {unknown}; "
                     f"known keys are {sorted(MODALITY_KEYS | MODALITY_DATA_KEYS)}"
                 )
             for key in ("name", "train", "test"):
                 if not modality.get(key):
-                    raise ValueError(f"modalities[{index}]: '{key}' is required")
+                    raise UserError(f"modalities[{index}]: '{key}' is required")
         from .evaluation.judges import check_judge_args  # no torch there
 
         check_judge_args(self.judge, self.judge_args)
         if not isinstance(self.push_to_hub, bool):
-            raise ValueError(
+            raise UserError(
                 f"push_to_hub is a boolean, as in transformers' TrainingArguments, got {self.push_to_hub!r}; give the "
                 "repo id as hub_model_id (push_to_hub: true, hub_model_id: org/name)"
             )
         if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("push_to_hub: true needs hub_model_id, the Hub repo id (org/name) to push to")
+            raise UserError("push_to_hub: true needs hub_model_id, the Hub repo id (org/name) to push to")
         if self.hub_model_id is not None:
             from huggingface_hub.utils import validate_repo_id
 
             try:
                 validate_repo_id(self.hub_model_id)
             except ValueError as error:
-                raise ValueError(f"hub_model_id must be a Hub repo id like 'org/name': {error}") from None
+                raise UserError(f"hub_model_id must be a Hub repo id like 'org/name': {error}") from None
 
     def stage_settings(self) -> StageSettings:
         """

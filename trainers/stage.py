@@ -18,6 +18,7 @@ continual learning, `ModalitySpec.task`): then no encoder or connector is added,
 """
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -34,12 +35,15 @@ from . import console
 from .checkpoint import (
     PLUGIN_DIR,
     STAGE_INFO,
+    CheckpointError,
     adapter_format_of,
     is_finished_stage,
     load_plugin_states,
     load_stage,
     load_stage_model,
+    read_stage_info,
     save_stage,
+    verify_stage,
 )
 from .data import ReplayBuffer
 from .distributed import process_state, sharded_launch
@@ -57,6 +61,8 @@ from .sft import (
     phase_config,
     unwrap_mera,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def build_feature_processor(spec: ModalitySpec, kind: str):
@@ -238,7 +244,7 @@ def _merge(ctx: StageContext, plugins: list[StagePlugin], finetuned_dir: Path):
 def _resume_merged(ctx: StageContext, finetuned_dir: Path):
     """A killed stage's pre-training, fine-tuning and merge, read back."""
     ctx.model = load_stage_model(finetuned_dir, ctx.processor)
-    finetuned_info = json.loads((finetuned_dir / STAGE_INFO).read_text())
+    finetuned_info = read_stage_info(finetuned_dir)
     ctx.log, ctx.adapter_format = finetuned_info["log"], adapter_format_of(finetuned_info, finetuned_dir / STAGE_INFO)
 
 
@@ -319,6 +325,12 @@ def run_stage(
     _call(plugins, "before_stage", ctx)
 
     finetuned_dir = work_dir / "finetuned"
+    if is_finished_stage(finetuned_dir):
+        try:
+            verify_stage(finetuned_dir)
+        except CheckpointError as error:  # work in progress: train its phases again rather than stop
+            logger.warning(f"{error}; its phases are trained again")
+            shutil.rmtree(finetuned_dir)
     if is_finished_stage(finetuned_dir):
         _resume_merged(ctx, finetuned_dir)
     else:
