@@ -55,6 +55,11 @@ def run_entry_point(
         message = str(error).strip() or type(error).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
+    finally:
+        if "torch.distributed" in sys.modules:  # only a command that loaded torch can hold a process group
+            from trainers.distributed import close_process_group
+
+            close_process_group()
 
 
 def parse_config(parser, argv: Sequence[str] | None = None) -> tuple:
