@@ -26,8 +26,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import yaml
-
 from trainers.settings import ContinualConfig
 
 HELP = (
@@ -84,20 +82,6 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     return main(parser.parse_args(argv))
 
 
-def demo_config(path: str | Path, quick: bool) -> dict:
-    """The demo's YAML: benchmark sizes, language-model settings, per-method `method_args` and the ContinualConfig
-    fields shared by every method (`quick` applied)."""
-    settings = yaml.safe_load(Path(path).read_text())
-    quick_overrides = settings.pop("quick", {})
-    if quick:
-        for key, value in quick_overrides.items():
-            settings[key] = {**settings.get(key, {}), **value} if isinstance(value, dict) else value
-    return {
-        "benchmark": settings.pop("benchmark", {}),
-        "language_model": settings.pop("language_model", {}),
-        "method_args": settings.pop("method_args", {}),
-        "settings": settings,
-    }
 
 
 def main(args: argparse.Namespace) -> int:
@@ -135,7 +119,9 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: unknown method(s) {unknown}; known methods: {sorted(METHODS)}")
     domain = args.scenario == "domain"
     out = Path(args.out) / "domain" if domain else Path(args.out)
-    demo = demo_config(args.config or DEMO_CONFIGS[args.scenario], args.quick)
+    from trainers.demo.runs import demo_settings  # loads the demo's stack: only when it runs
+
+    demo = demo_settings(args.config or DEMO_CONFIGS[args.scenario], args.quick)
     size = "quick" if args.quick else "full"
     benchmark_dir = out / f"benchmark-{size}-seed{args.seed}"
     started = time.time()

@@ -14,9 +14,9 @@ import torch
 import yaml
 
 from recipes.continual import make_parser as continual_parser
-from recipes.demo import demo_config
 from recipes.stage import make_parser as stage_parser
 from trainers.continual import build_stage_plan
+from trainers.demo.runs import demo_settings
 from trainers.settings import ContinualConfig
 from trainers.sft import phase_config
 from trainers.stage import check_runtime
@@ -39,7 +39,7 @@ def test_every_shipped_config_parses_validates_and_plans():
     for name in shipped:
         if name.startswith("demo"):  # `mera demo`'s own files: their shared settings are ContinualConfig fields
             for quick in (False, True):
-                ContinualConfig(**demo_config(CONFIGS / name, quick)["settings"])
+                ContinualConfig(**demo_settings(CONFIGS / name, quick)["settings"])
             continue
         for parser in (continual_parser(prog="continual.py"), stage_parser(prog="stage.py")):
             config = parse("--config", str(CONFIGS / name), parser=parser)
