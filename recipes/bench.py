@@ -45,14 +45,14 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from recipes.demo import demo_config, prepare_demo
     from trainers.bench import format_bench, run_bench
+    from trainers.demo.runs import demo_run_config, demo_settings
     from trainers.methods import METHODS
 
     if not Path(args.config).is_file():
         print(f"error: --config {args.config}: no such file", file=sys.stderr)
         return 2
-    demo = demo_config(args.config, quick=False)
+    demo = demo_settings(args.config, quick=False)
     bench = demo["settings"].pop("bench", None) or {}
     methods = args.methods.split(",") if args.methods else list(bench.get("methods", ["fine_tuning", "mera"]))
     unknown = [m for m in methods if m not in METHODS]
@@ -64,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: --repetitions must be >= 1, got {repetitions}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    base = prepare_demo(out, demo, args.seed, "sequential", "bench")
+    base, _ = demo_run_config(out, demo, args.seed, quick=False, size="bench")
     result = run_bench(
         base,
         out,

@@ -6,16 +6,19 @@ Every stage of one continual-learning method, in one modality order, evaluated a
     mera continual --config recipes/configs/paper_sequential.yaml --data_root /data/mera --method mera
 
 Resumable: a killed run continues at its last finished stage (a finished stage is never re-trained), and within a
-stage after its merge. `--dry_run` lists each stage's data with counts and checks every media file, then lists the
-pretrained checkpoints the config names (language model, encoders, Q-Former init) and where each is expected, without
-loading a model; it exits with 1 when a data, media or local checkpoint file is missing. Any field of the YAML can be
-overridden on the command line (`--replay_ratio 1`, `--finetune_learning_rate 1e-4`, `--lora_r 64`).
-`--push_to_hub true --hub_model_id org/name` pushes each stage to the Hub branch `stage-i` as it finishes (see
-`trainers.hub`). Under several processes, evaluation splits the test set across them.
+stage after its merge. Before anything is written, every setting, every stage's data and media and every local
+pretrained checkpoint are checked; `--dry_run` prints that check (each stage's data with counts, every bad row,
+missing or unreadable media file and setting problem, then the pretrained checkpoints the config names - language
+model, encoders, Q-Former init - and where each is expected) without loading a model, and exits with 1 when
+anything is wrong. Any field of the YAML can be overridden on the command line (`--replay_ratio 1`,
+`--finetune_learning_rate 1e-4`, `--lora_r 64`). A user error ends with one message and exit code 2 (`--debug`
+shows the traceback). `--push_to_hub true --hub_model_id org/name` pushes each stage to the Hub branch `stage-i` as
+it finishes (see `trainers.hub`). Under several processes, evaluation splits the test set across them.
 """
 
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from trl import TrlParser
 
@@ -44,21 +47,15 @@ def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
 
 
 def dry_run(config: ContinualConfig) -> dict:
-    """
-    Per stage: its data sets with counts, and every missing data or media file (streamed; no model loaded); under
-    "checkpoints", the pretrained checkpoints the config names and where each is expected.
-    """
-    from trainers.continual import build_stage_plan, check_method_fits_plan
-    from trainers.data.converters import dry_run_report
+    """The check every run makes before it starts (`trainers.validation.validate_run`): per stage its data sets
+    with counts, every missing data file, bad row and missing or unreadable media file, and every setting's
+    problem (streamed; no model loaded, nothing written); under "checkpoints", the pretrained checkpoints the config
+    names and where each is expected."""
+    from trainers.continual import build_stage_plan
     from trainers.pretrained import required_checkpoints
+    from trainers.validation import validate_run
 
-    plan = build_stage_plan(config)
-    check_method_fits_plan(config, plan)
-    stages = [
-        {"stage": step.stage, "modality": step.spec.name, "train": step.train_files, "test": step.test_files}
-        for step in plan
-    ]
-    report = dry_run_report(stages, config.data_root)
+    report = validate_run(config, build_stage_plan(config))
     report["checkpoints"] = required_checkpoints(config.language_model, config.modalities or [])
     return report
 
@@ -66,8 +63,14 @@ def dry_run(config: ContinualConfig) -> dict:
 def main(config: ContinualConfig, script_args: ScriptArguments) -> int:
     if script_args.dry_run:
         from trainers.data.converters import format_dry_run_report
+        from trainers.errors import UserError
+        from trainers.methods import check_method_settings
         from trainers.pretrained import format_checkpoints, missing_checkpoints
 
+        try:  # a bad method setting ends the dry run as a user error (exit code 2), before the report
+            check_method_settings(config)
+        except ValueError as error:
+            raise UserError(str(error)) from None
         report = dry_run(config)
         print(format_dry_run_report(report))
         print(format_checkpoints(report["checkpoints"]))
@@ -77,6 +80,7 @@ def main(config: ContinualConfig, script_args: ScriptArguments) -> int:
 
     console.configure(verbose=script_args.verbose)
     summary = run_continual(config)
+    print((Path(config.output_dir) / "report.txt").read_text().rstrip())
     accuracy = summary["accuracy_matrix"]
     relative_gain = (
         f"mean Backward Relative Gain {summary['backward_mean']:.2f}%; " if summary["backward_mean"] else ""
@@ -86,9 +90,15 @@ def main(config: ContinualConfig, script_args: ScriptArguments) -> int:
 
 
 def run(parser: TrlParser, argv: list[str] | None = None) -> int:
-    config, script_args = parser.parse_args_and_config(argv)
+    from recipes.cli import parse_config
+
+    config, script_args = parse_config(parser, argv)
     return main(config, script_args)
 
 
 if __name__ == "__main__":
-    sys.exit(run(make_parser(prog="recipes/continual.py")))
+    from recipes.cli import run_entry_point
+
+    sys.exit(
+        run_entry_point(lambda argv: run(make_parser(prog="recipes/continual.py"), argv), prog="recipes/continual.py")
+    )

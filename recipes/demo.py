@@ -26,10 +26,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import yaml
-
-from trainers.settings import ContinualConfig
-
 HELP = (
     "the offline benchmarks on a CPU (minutes): four modalities, Fine-Tuning forgets and MERA keeps; with "
     "--scenario domain, MLLM-CL's four image domains"
@@ -84,54 +80,14 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     return main(parser.parse_args(argv))
 
 
-def demo_config(path: str | Path, quick: bool) -> dict:
-    """The demo's YAML: benchmark sizes, language-model settings, per-method `method_args` and the ContinualConfig
-    fields shared by every method (`quick` applied)."""
-    settings = yaml.safe_load(Path(path).read_text())
-    quick_overrides = settings.pop("quick", {})
-    if quick:
-        for key, value in quick_overrides.items():
-            settings[key] = {**settings.get(key, {}), **value} if isinstance(value, dict) else value
-    return {
-        "benchmark": settings.pop("benchmark", {}),
-        "language_model": settings.pop("language_model", {}),
-        "method_args": settings.pop("method_args", {}),
-        "settings": settings,
-    }
-
-
-def prepare_demo(out: Path, demo: dict, seed: int, order: str, size: str) -> ContinualConfig:
-    """Build (or reuse) the benchmark, the language model and the encoders under `out`: the run config of every
-    method (`method` and `output_dir` to be set)."""
-    from trainers.demo import build_benchmark, demo_modality_entries, pretrained_language_model
-
-    benchmark_dir = out / f"benchmark-{size}-seed{seed}"
-    build_benchmark(benchmark_dir, seed=seed, **demo["benchmark"])
-    language_model = pretrained_language_model(out / "cache", benchmark_dir, seed=seed, **demo["language_model"])
-    modalities = [
-        {**entry, "train": f"{entry['name']}/train.jsonl", "test": f"{entry['name']}/test.jsonl"}
-        for entry in demo_modality_entries(out / "cache", seed=seed, benchmark=benchmark_dir)
-    ]
-    # The demo's encoders are frozen and its items few: each is encoded once per run (exact; ~4 KB per item).
-    settings = {"feature_cache": str(out / "cache" / "features"), **demo["settings"]}
-    return ContinualConfig(
-        **settings,
-        modalities=modalities,
-        language_model=str(language_model),
-        data_root=str(benchmark_dir),
-        order=order,
-        seed=seed,
-        experts_dir=str(out / f"experts-{size}-seed{seed}"),
-    )
-
-
 def main(args: argparse.Namespace) -> int:
     from trainers.evaluation.metrics import SMOKE_TEST_NOTE
 
     size = "quick" if args.quick else "full"
     # Said before the heavy imports, which take a while.
     print(
-        f"mera demo ({'quick: a ' + SMOKE_TEST_NOTE if args.quick else 'full benchmark'}): methods {args.methods}, "
+        f"mera demo ({'quick: a ' + SMOKE_TEST_NOTE if args.quick else 'full benchmark'}), {args.scenario} scenario: "
+        f"methods {args.methods or DEFAULT_METHODS[args.scenario]}, "
         f"{args.order} order, seed {args.seed}, output {args.out}/",
         flush=True,
     )
@@ -139,7 +95,6 @@ def main(args: argparse.Namespace) -> int:
 
     from trainers import console
     from trainers.continual import run_continual
-    from trainers.demo import DOMAINS, MODALITIES, build_benchmark, demo_modality_entries, pretrained_language_model
     from trainers.evaluation.metrics import (
         ScoreMatrix,
         format_report,
@@ -159,39 +114,19 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: unknown method(s) {unknown}; known methods: {sorted(METHODS)}")
     domain = args.scenario == "domain"
     out = Path(args.out) / "domain" if domain else Path(args.out)
-    demo = demo_config(args.config or DEMO_CONFIGS[args.scenario], args.quick)
-    size = "quick" if args.quick else "full"
-    benchmark_dir = out / f"benchmark-{size}-seed{args.seed}"
+    from trainers.demo.runs import demo_run_config  # loads the demo's stack: only when it runs
+
     started = time.time()
-    build_benchmark(benchmark_dir, seed=args.seed, modalities=DOMAINS if domain else MODALITIES, **demo["benchmark"])
-    language_model = pretrained_language_model(out / "cache", benchmark_dir, seed=args.seed, **demo["language_model"])
-    if domain:  # every stage is a task (domain) on the one image modality
-        (image,) = demo_modality_entries(out / "cache", seed=args.seed, benchmark=benchmark_dir, modalities=["image"])
-        modalities = [{**image, "task": name, "train": f"{name}/train.jsonl", "test": f"{name}/test.jsonl"}
-                      for name in DOMAINS]  # fmt: skip
-    else:
-        modalities = [
-            {**entry, "train": f"{entry['name']}/train.jsonl", "test": f"{entry['name']}/test.jsonl"}
-            for entry in demo_modality_entries(out / "cache", seed=args.seed, benchmark=benchmark_dir)
-        ]
-    # The demo's encoders are frozen and its items few: each is encoded once per run (exact; ~4 KB per item).
-    demo["settings"].setdefault("feature_cache", str(out / "cache" / "features"))
-    base = ContinualConfig(
-        **demo["settings"],
-        modalities=modalities,
-        language_model=str(language_model),
-        data_root=str(benchmark_dir),
-        order=args.order,
-        seed=args.seed,
-        experts_dir=str(out / f"experts-{size}-seed{args.seed}"),
-        smoke_test=args.quick,
+    base, method_args = demo_run_config(
+        out, args.config or DEMO_CONFIGS[args.scenario], args.seed, args.quick, domain=domain
     )
+    base = replace(base, order=args.order)
     summaries, timings = [], {}
     (out / "scores").mkdir(parents=True, exist_ok=True)
     for method in methods:
         method_started = time.time()
         run_dir = out / "runs" / f"{size}-{args.order}-seed{args.seed}" / method
-        config = replace(base, method=method, method_args=demo["method_args"].get(method), output_dir=str(run_dir))
+        config = replace(base, method=method, method_args=method_args.get(method), output_dir=str(run_dir))
         run_continual(config)
         timings[method] = round(time.time() - method_started, 1)
         shutil.copyfile(Path(config.output_dir) / "scores.json", out / "scores" / f"{method}.json")

@@ -52,11 +52,19 @@ def summarize(config) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     from modeling_mera import MeraConfig
+    from trainers.errors import UserError, UserFileNotFoundError
+    from trainers.safety import is_hub_id
 
-    if Path(args.checkpoint).exists() and not (Path(args.checkpoint) / "config.json").exists():
-        print(f"error: {args.checkpoint} has no config.json; is it a saved MeraForCausalLM?", file=sys.stderr)
-        return 2
-    config = MeraConfig.from_pretrained(args.checkpoint, revision=args.revision)
+    path = Path(args.checkpoint)
+    if path.exists() and not (path / "config.json").exists():
+        raise UserFileNotFoundError(f"{args.checkpoint} has no config.json; is it a saved MeraForCausalLM?")
+    if not path.exists() and not is_hub_id(args.checkpoint):
+        raise UserFileNotFoundError(f"{args.checkpoint} does not exist (and is not a Hub repo id like org/name)")
+    try:
+        config = MeraConfig.from_pretrained(args.checkpoint, revision=args.revision)
+    except (OSError, ValueError) as error:
+        where = f"{args.checkpoint}" + (f"@{args.revision}" if args.revision else "")
+        raise UserError(f"cannot read the MeraConfig of {where}: {str(error).splitlines()[0]}") from error
     summary = summarize(config)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -73,4 +81,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(make_parser(prog="recipes/info.py")))
+    from recipes.cli import run_entry_point
+
+    sys.exit(run_entry_point(lambda argv: run(make_parser(prog="recipes/info.py"), argv), prog="recipes/info.py"))

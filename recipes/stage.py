@@ -45,39 +45,49 @@ def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
 
 def main(config: ContinualConfig, args: StageArguments) -> int:
     from trainers import console
-    from trainers.checkpoint import is_finished_stage
-    from trainers.continual import base_model_and_processor, build_stage_plan, load_stage_data
-    from trainers.methods import get_method_plugins
-    from trainers.stage import check_runtime, run_stage
+    from trainers.checkpoint import clean_finished_stage, is_finished_stage
+    from trainers.continual import base_model_and_processor, build_stage_plan, load_stage_data, open_run
+    from trainers.errors import UserError, UserFileNotFoundError
+    from trainers.methods import check_method_settings
+    from trainers.stage import run_stage
 
-    check_runtime(config)
     console.configure(verbose=args.verbose)
     plan = build_stage_plan(config)
     if not 1 <= args.stage <= len(plan):
-        raise ValueError(f"--stage must be between 1 and {len(plan)} for this config, got {args.stage}")
+        raise UserError(f"--stage must be between 1 and {len(plan)} for this config, got {args.stage}")
     step = plan[args.stage - 1]
-    output_dir = Path(config.output_dir) / f"stage-{args.stage}"
-    if is_finished_stage(output_dir):
-        print(f"{output_dir} is already finished; a finished stage is never re-trained")
-        return 0
-    if args.stage == 1 and args.previous is None:
-        previous, processor = base_model_and_processor(config)
-    else:
-        previous, processor = Path(args.previous or Path(config.output_dir) / f"stage-{args.stage - 1}"), None
-        if not is_finished_stage(previous):
-            raise FileNotFoundError(f"stage {args.stage} needs the finished stage {args.stage - 1} in {previous}")
-    plugins = get_method_plugins(config.method, config)
-    train = load_stage_data(step.train_files)
-    with console.context(stage=args.stage, stages=len(plan), modality=step.spec.name, method=config.method):
-        run_stage(previous, processor, step.spec, train, output_dir, args.stage, plugins, config.stage_settings())
+    # The same checks as the continual recipe: every setting and stage's data, the run folder's lock, and the run's
+    # config (a stage of another method or with other settings is never written into this run).
+    with open_run(config, plan) as run_dir:
+        output_dir = run_dir / f"stage-{args.stage}"
+        if is_finished_stage(output_dir):
+            clean_finished_stage(output_dir)
+            print(f"{output_dir} is already finished; a finished stage is never re-trained")
+            return 0
+        if args.stage == 1 and args.previous is None:
+            previous, processor = base_model_and_processor(config)
+        else:
+            previous, processor = Path(args.previous or run_dir / f"stage-{args.stage - 1}"), None
+            if not is_finished_stage(previous):
+                raise UserFileNotFoundError(
+                    f"stage {args.stage} needs the finished stage {args.stage - 1} in {previous}"
+                )
+        plugins = check_method_settings(config)  # checked by open_run already
+        train = load_stage_data(step.train_files)
+        with console.context(stage=args.stage, stages=len(plan), modality=step.spec.name, method=config.method):
+            run_stage(previous, processor, step.spec, train, output_dir, args.stage, plugins, config.stage_settings())
     print(f"stage {args.stage} ({step.spec.name}) saved to {output_dir}")
     return 0
 
 
 def run(parser: TrlParser, argv: list[str] | None = None) -> int:
-    config, stage_args = parser.parse_args_and_config(argv)
+    from recipes.cli import parse_config
+
+    config, stage_args = parse_config(parser, argv)
     return main(config, stage_args)
 
 
 if __name__ == "__main__":
-    sys.exit(run(make_parser(prog="recipes/stage.py")))
+    from recipes.cli import run_entry_point
+
+    sys.exit(run_entry_point(lambda argv: run(make_parser(prog="recipes/stage.py"), argv), prog="recipes/stage.py"))

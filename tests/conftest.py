@@ -215,7 +215,7 @@ def _write_wav(path, waveform, rate):
         audio.writeframes((np.clip(waveform, -1, 1) * 32767).astype(np.int16).tobytes())
 
 
-TINY_PHASE_ARGS = {"warmup_ratio": 0.0, "disable_tqdm": True}
+TINY_PHASE_ARGS = {"warmup_steps": 0, "disable_tqdm": True}
 
 
 def write_tiny_run(folder, modalities=("image", "audio", "point_cloud"), samples_per_modality: int = 4) -> Path:

@@ -1,6 +1,6 @@
 """
 A Hugging Face Hub server on 127.0.0.1 for tests: the few HTTP endpoints that `huggingface_hub` calls to create a
-repo, create branches, commit (regular and LFS files), list refs and trees, and download files.
+repo, create and delete branches, commit (regular and LFS files), list refs and trees, and download files.
 
 The real Hub cannot be reached here, so this is the only stand-in: every client-side step (HfApi, the commit and
 LFS protocols, snapshot_download and the cache it writes, transformers' from_pretrained) is the real library code.
@@ -89,6 +89,10 @@ class LocalHub:
         self.calls: list[dict] = []
         self.fail_commits = 0  # the next N commit requests answer 500, as a flaky Hub would
         self.failed_commits = 0
+        # Fault injection by action ("commit", "branch", "delete_branch", "refs", "tree", ...): the next N requests
+        # of that action answer `fail_status` (503: the Hub is down).
+        self.fail_next: dict[str, int] = {}
+        self.fail_status = 503
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -166,6 +170,21 @@ class LocalHub:
             raise HubError(409, f"Reference already exists: refs/heads/{branch}")
         repo.branches[branch] = self._resolve(repo, payload.get("startingPoint") or "main").oid
         return {}
+
+    def delete_branch(self, repo: Repo, branch: str) -> dict:
+        if branch == repo.branches.get("main") or branch == "main":
+            raise HubError(403, "Cannot delete the default branch")
+        if branch not in repo.branches:
+            raise HubError(404, f"Invalid rev id: {branch}", "RevisionNotFound")
+        del repo.branches[branch]
+        self.calls.append({"action": "delete_branch", "repo_id": repo.repo_id, "revision": branch})
+        return {}
+
+    def inject_fault(self, action: str):
+        """Raise the injected failure of `action`, if one is pending."""
+        if self.fail_next.get(action, 0) > 0:
+            self.fail_next[action] -= 1
+            raise HubError(self.fail_status, f"Service Unavailable (injected for {action})")
 
     def preupload(self, repo: Repo, revision: str, payload: dict) -> dict:
         commit = self._resolve(repo, revision)
@@ -327,8 +346,11 @@ def _make_handler(hub: LocalHub):
                 repo_id, action, rest = f"{parts[2]}/{parts[3]}", (parts[4] if len(parts) > 4 else ""), parts[5:]
                 write = action in ("branch", "preupload", "commit")
                 repo = hub._repo(repo_id, token, write=write)
+                hub.inject_fault("delete_branch" if (action, method) == ("branch", "DELETE") else action)
                 if action == "branch" and method == "POST":
                     return self._json(hub.create_branch(repo, rest[0], json.loads(body or b"{}")))
+                if action == "branch" and method == "DELETE":
+                    return self._json(hub.delete_branch(repo, rest[0]))
                 if action == "preupload":
                     return self._json(hub.preupload(repo, rest[0], json.loads(body)))
                 if action == "commit":
@@ -368,6 +390,6 @@ def _make_handler(hub: LocalHub):
                 return self._send(200, hub._content(stored), headers, "application/octet-stream")
             raise HubError(404, f"the local hub has no route for {method} /{'/'.join(parts)}")
 
-        do_GET = do_HEAD = do_POST = do_PUT = _dispatch
+        do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _dispatch
 
     return Handler

@@ -10,7 +10,7 @@ from conftest import build_tiny_model, tiny_image_processor, tiny_processor, tin
 from test_stage import SPECS, tiny_settings
 
 from modeling_mera import MeraProcessor
-from trainers.continual import build_stage_plan, check_method_fits_plan, run_continual
+from trainers.continual import build_stage_plan, run_continual
 from trainers.data import MeraDataCollator, load_samples
 from trainers.data.conversations import assistant_spans, encode_conversation, encode_samples, render_conversation
 from trainers.data.converters import convert
@@ -18,6 +18,7 @@ from trainers.methods import get_method_plugins
 from trainers.settings import ContinualConfig, ModalitySpec
 from trainers.sft import MeraSFTConfig, MeraSFTTrainer
 from trainers.stage import run_stage
+from trainers.validation import check_method_fits_plan
 
 THREE_TURNS = [
     {"from": "human", "value": "<image>\nwhat color is it ?"},
@@ -65,7 +66,7 @@ def test_a_three_turn_llava_row_trains_on_exactly_its_three_answers(tmp_path):
     before = mean_loss(model, processor, samples)
     # The tiny random LLM trained whole: LoRA on it moves the loss slowly (its logits start near uniform).
     args = MeraSFTConfig(output_dir=str(tmp_path / "run"), per_device_train_batch_size=1, num_train_epochs=20,
-                         learning_rate=3e-3, warmup_ratio=0.0, lr_scheduler_type="constant", disable_tqdm=True,
+                         learning_rate=3e-3, warmup_steps=0, lr_scheduler_type="constant", disable_tqdm=True,
                          trainable=["connector:new", "llm"])  # fmt: skip
     trainer = MeraSFTTrainer(model, args, samples, processor)
     trainer.train()

@@ -561,13 +561,26 @@ def test_mera_data_command(clotho_root, tmp_path, capsys):
     assert manifest["sources"]["train"].endswith("clotho_aqa_train.csv") and manifest["seed"] == 0
 
     assert mera(["data", "check", "--data-root", str(out), "clotho_aqa/train.jsonl", "clotho_aqa/test.jsonl"]) == 0
-    assert "every data file and media file exists" in capsys.readouterr().out
+    assert "every data and media file is usable" in capsys.readouterr().out
     assert mera(["data", "list", "cap3d"]) == 0
     assert "max_caption_chars = 100" in capsys.readouterr().out
 
     args = ["data", "convert", "clotho_aqa", "--data-root", str(clotho_root), "--out", str(out), "--quiet"]
     assert mera([*args, "--option", "train=missing.csv"]) == 2
     assert "missing.csv" in capsys.readouterr().err
+
+    # Issue 17: the output name cannot lead outside --out (the old code wrote to <out>/../../x).
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert mera([*args, "--name", "../../x"]) == 2
+    assert "output name '../../x' leads outside" in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert not (tmp_path.parent / "x").exists()
+
+    # A malformed line is reported with its file and line, not raised (the old `mera data check` crashed).
+    with open(out / "clotho_aqa/test.jsonl", "a") as file:
+        file.write("{not json\n")
+    assert mera(["data", "check", "--data-root", str(out), "clotho_aqa/test.jsonl"]) == 1
+    assert f"{out / 'clotho_aqa/test.jsonl'}, line 2: not valid JSON" in capsys.readouterr().out
 
 
 def test_dry_run_report_counts_and_missing_media(coco_root, tmp_path):

@@ -91,7 +91,7 @@ def test_questions_need_the_input_zeroed_features_score_far_below(tmp_path):
     build_benchmark(benchmark, seed=0, train_per_modality=96, test_per_modality=48, modalities=("image",))
     language_model = pretrained_language_model(tmp_path / "cache", benchmark, seed=0, progress=False)
     entry = demo_modality_entries(tmp_path / "cache", seed=0, benchmark=benchmark, modalities=("image",))[0]
-    phase = {"warmup_ratio": 0.0, "disable_tqdm": True}
+    phase = {"warmup_steps": 0, "disable_tqdm": True}
     config = ContinualConfig(
         language_model=str(language_model),
         modalities=[{**entry, "train": "image/train.jsonl", "test": "image/test.jsonl"}],

@@ -11,7 +11,7 @@ EVALUATION_SCRIPT = """
 import json, sys
 from pathlib import Path
 from conftest import build_tiny_model, tiny_processor
-from trainers.distributed import process_state
+from trainers.distributed import close_process_group, process_state
 from trainers.evaluation.generation import evaluate_model
 
 out = Path(sys.argv[1])
@@ -26,6 +26,7 @@ result = evaluate_model(model, tiny_processor(model), samples, judge="match", ba
 record = {"processes": state.num_processes, "generated": calls, "scores": result["scores"],
           "predictions": [p["prediction"] for p in result["predictions"]]}
 (out / f"rank-{state.process_index}.json").write_text(json.dumps(record))
+close_process_group()
 """
 
 

@@ -125,6 +125,10 @@ def test_fisher_accumulates_over_stages_and_travels_with_the_checkpoints(tmp_pat
     # EWC after a stage that kept no Fisher (here: its Fisher removed) stops before any training.
     shutil.copytree(stage1, tmp_path / "plain")
     shutil.rmtree(tmp_path / "plain" / "plugins")
+    # ... as a stage saved without plug-in state records it (else the checkpoint is damaged: files are missing).
+    info = json.loads((tmp_path / "plain" / "stage.json").read_text())
+    info["files"] = {name: entry for name, entry in info["files"].items() if not name.startswith("plugins/")}
+    (tmp_path / "plain" / "stage.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match="needs the Fisher of stage 1"):
         run_stage(tmp_path / "plain", None, SPECS["audio"], data["audio"], tmp_path / "p2", 2,
                   get_method_plugins("ewc"), settings)  # fmt: skip

@@ -347,6 +347,106 @@ def test_mera_push_command(published, tmp_path, capsys):
         assert sorted(set(hub.files("org/cli", "stage-2")) - {".gitattributes"}) == STAGE_FILES["stage-2"]
 
 
+# --- re-push after partial failures (issue 17) -------------------------------------------------------------------
+def four_stage_run(published, tmp_path) -> Path:
+    """The published 2-stage run plus stages 3 and 4: copies of stage 2 with other weights and their own
+    stage.json (enough to publish; their scores are left out, as for a stage not evaluated yet)."""
+    run = copy_run(published, tmp_path)
+    for stage in (3, 4):
+        folder = run / f"stage-{stage}"
+        shutil.copytree(run / "stage-2", folder)
+        weights = load_file(folder / "model.safetensors")
+        name = next(key for key in weights if key.startswith("model.connectors.audio"))
+        weights[name] = weights[name] + stage
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+        info = json.loads((folder / "stage.json").read_text())
+        (folder / "stage.json").write_text(json.dumps({**info, "stage": stage}, indent=2) + "\n")
+    return run
+
+
+def assert_branches_hold_their_own_stage(hub: LocalHub, repo: str, run: Path):
+    """Every stage-k branch on the hub holds stage k's weights; main holds the latest stage's."""
+    branches = hub.repos[repo].branches
+    for branch in branches:
+        if branch == "main":
+            continue
+        files = hub.files(repo, branch)
+        assert files["model.safetensors"] == (run / branch / "model.safetensors").read_bytes(), branch
+        assert files["stage.json"] == (run / branch / "stage.json").read_bytes(), branch
+    latest = max(int(branch.split("-")[1]) for branch in branches if branch != "main")
+    assert hub.files(repo, "main")["model.safetensors"] == (run / f"stage-{latest}" / "model.safetensors").read_bytes()
+
+
+def test_repush_after_an_outage_during_stage_3_converges(published, tmp_path, local_api):
+    # The old code created stage-3 and stage-4 before their commits landed; after the outage stage-4 held stage 2's
+    # model and every later `mera push` refused it ("already holds a different checkpoint").
+    hub, api = local_api
+    run = four_stage_run(published, tmp_path)
+    push_run(run, "org/outage", stages=[1, 2], api=api, backoff=0)
+
+    hub.fail_next = {"commit": 100, "delete_branch": 100}  # the Hub answers 503 to every write
+    with pytest.raises(HubPushError, match="stage-3"):
+        push_run(run, "org/outage", api=api, retries=1, backoff=0)
+    # The branches could not be deleted either: they hold stage 2, which the next push recognises by content.
+    assert {"stage-3", "stage-4"} <= set(hub.repos["org/outage"].branches)
+
+    hub.fail_next = {}
+    results = push_run(run, "org/outage", api=api, backoff=0)
+    assert {r["branch"]: r["status"] for r in results} == {
+        "stage-1": "unchanged", "stage-2": "unchanged", "stage-3": "pushed", "stage-4": "pushed", "main": "pushed"
+    }  # fmt: skip
+    assert_branches_hold_their_own_stage(hub, "org/outage", run)
+    assert {r["status"] for r in push_run(run, "org/outage", api=api)} == {"unchanged"}
+
+
+def test_a_failed_commit_leaves_no_branch_behind(published, tmp_path, local_api):
+    hub, api = local_api
+    run = four_stage_run(published, tmp_path)
+    push_run(run, "org/clean", stages=[1, 2], api=api, backoff=0)
+    hub.fail_next = {"commit": 2}  # stage-3's commit and its one retry fail; the Hub then recovers
+    with pytest.raises(HubPushError, match="stage-3"):
+        push_run(run, "org/clean", api=api, retries=1, backoff=0)
+    # stage-3 does not exist (deleted after its failed commit); stage-4 started from main and holds stage 4.
+    assert "stage-3" not in hub.repos["org/clean"].branches
+    assert_branches_hold_their_own_stage(hub, "org/clean", run)
+
+    push_run(run, "org/clean", api=api, backoff=0)
+    assert set(hub.repos["org/clean"].branches) == {"main", "stage-1", "stage-2", "stage-3", "stage-4"}
+    assert_branches_hold_their_own_stage(hub, "org/clean", run)
+
+
+def test_a_branch_moved_on_the_hub_is_pushed_again(published, tmp_path, local_api):
+    # pushed.json alone is not proof: the branch's head must still be the recorded commit.
+    hub, api = local_api
+    run = copy_run(published, tmp_path)
+    push_run(run, "org/moved", api=api, backoff=0)
+    repo = hub.repos["org/moved"]
+    repo.branches["stage-2"] = repo.branches["stage-1"]  # someone reset the branch to stage 1's commit
+    results = {r["branch"]: r["status"] for r in push_run(run, "org/moved", api=api, backoff=0)}
+    assert results["stage-2"] == "pushed"
+    assert_branches_hold_their_own_stage(hub, "org/moved", run)
+
+
+def test_card_reports_judge_failures_and_no_local_folder(published, tmp_path):
+    # The old cards said nothing about failed verdicts and published the folders the LLM was loaded from.
+    from trainers.hub import render_model_card
+
+    run = copy_run(published, tmp_path)
+    text = str(render_model_card(run, 2, "org/x"))
+    assert "After stage 2, judge failures: none" in text
+    assert str(published["tmp"]) not in text and "a local checkpoint" in text
+    for name in ("config.json", "stage.json"):
+        assert str(published["tmp"]) not in (run / "stage-2" / name).read_text(), name
+
+    evaluation_file = run / "eval" / "stage-2.json"
+    evaluation = json.loads(evaluation_file.read_text())
+    qa = next(name for name, detail in evaluation["datasets"].items() if detail["task"] == "qa")
+    evaluation["datasets"][qa]["num_failures"] = 1
+    evaluation_file.write_text(json.dumps(evaluation))
+    samples = evaluation["datasets"][qa]["num_samples"]
+    assert f"judge failures (left out of the accuracy): {qa} 1/{samples}" in str(render_model_card(run, 2, "org/x"))
+
+
 def test_a_smoke_test_runs_card_says_so(published, tmp_path):
     from trainers.hub.card import render_model_card, stage_score_matrix
 

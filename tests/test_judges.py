@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from trainers.evaluation.judges import GPTJudge, MatchJudge, get_judge, normalize_answer, parse_judge_reply, score_qa
+from trainers.evaluation.generation import score_predictions
+from trainers.evaluation.judges import (
+    GPTJudge,
+    JudgeFailureError,
+    MatchJudge,
+    VerdictCache,
+    get_judge,
+    normalize_answer,
+    parse_judge_reply,
+    score_qa,
+)
 
 
 class FakeOpenAIServer:
@@ -22,11 +32,14 @@ class FakeOpenAIServer:
     - "yes" (score 5) when the predicted answer equals the correct answer, "no" (score 1) otherwise;
     - a reply that is not a dictionary when the prediction contains "MALFORMED";
     - for a prediction containing "FLAKY", a malformed reply the first time and a verdict afterwards;
-    - an HTTP 500 error when the prediction contains "CRASH".
+    - an HTTP 500 error when the prediction contains "CRASH";
+    - status 200 with an HTML page as its body (a proxy's error page) when the prediction contains "HTML";
+    - an HTTP 503 error for every request while `outage` is set (the judge's server is down).
     """
 
     def __init__(self):
         self.requests: list[dict] = []
+        self.outage = False
         self._lock = threading.Lock()
         server = self
 
@@ -36,8 +49,19 @@ class FakeOpenAIServer:
                 with server._lock:
                     server.requests.append({"path": self.path, "body": body})
                     content = server.reply_for(body["messages"][-1]["content"])
+                if server.outage:
+                    self.send_error(503, "service unavailable")
+                    return
                 if content is None:
                     self.send_error(500, "internal server error")
+                    return
+                if content == "HTML":
+                    page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    self.wfile.write(page)
                     return
                 payload = json.dumps(
                     {
@@ -69,6 +93,8 @@ class FakeOpenAIServer:
         answer, prediction = fields["Correct Answer"], fields["Predicted Answer"]
         if "CRASH" in prediction:
             return None
+        if "HTML" in prediction:
+            return "HTML"
         if "MALFORMED" in prediction:
             return "I would say it is probably right."
         if "FLAKY" in prediction and sum(prompt == r["body"]["messages"][-1]["content"] for r in self.requests) == 1:
@@ -229,3 +255,150 @@ def test_judges_module_imports_openai_lazily():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo_root)
     output = run.stdout
     assert output.strip() == "False"
+
+
+# --- failures are counted, reported and never cached (issue 17) ------------------------------------------------
+
+
+def qa_samples(predictions, answer="dog", dataset="toy-qa"):
+    return [
+        {"id": str(i), "modality": "image", "media": "x.png", "prompt": f"Q{i}: what animal?", "answer": answer,
+         "task": "qa", "dataset": dataset}
+        for i in range(len(predictions))
+    ]  # fmt: skip
+
+
+def test_html_page_with_status_200_is_a_counted_failure(server, tmp_path):
+    # The old code let the client's decoding error escape and stop the whole evaluation.
+    result = score_qa(make_judge(server, tmp_path / "cache.jsonl"), ["Q?", "Q?"], ["dog", "dog"], ["HTML", "dog"])
+    page, judged = result["verdicts"]
+    assert page["failed"] and page["correct"] is None
+    assert judged["correct"] is True
+    assert result["num_failures"] == 1 and result["num_judged"] == 1 and result["accuracy"] == 1.0
+
+
+def test_failure_rate_above_the_threshold_fails_after_scoring_everything(server, tmp_path):
+    # 28 verdicts: 7 server errors (25%), 7 malformed replies (25%), 14 good ones of which 7 right.
+    predictions = ["CRASH"] * 7 + ["MALFORMED"] * 7 + ["dog"] * 7 + ["cat"] * 7
+    samples = qa_samples(predictions)
+    judge = make_judge(server, tmp_path / "cache.jsonl")
+    with pytest.raises(JudgeFailureError) as raised:
+        score_predictions(samples, predictions, judge)  # default threshold: 5%
+    message = str(raised.value)
+    assert "toy-qa: 14 of 28 verdicts failed (50%), accuracy 0.5000 over the rest" in message
+    assert "not cached" in message
+    assert len(server.requests) == 7 + 7 * 3 + 14, "every sample was judged before the run failed"
+
+    # Below the threshold the score is kept and the failures are in the result, not silently dropped.
+    kept = score_predictions(samples, predictions, judge, max_judge_failure_rate=0.6)
+    detail = kept["datasets"]["toy-qa"]
+    assert detail["num_failures"] == 14 and detail["num_judged"] == 14 and kept["scores"]["toy-qa"] == 0.5
+
+
+def test_total_outage_fails_without_caching_and_a_rerun_judges_again(server, tmp_path):
+    cache_file = tmp_path / "cache.jsonl"
+    predictions = ["dog", "cat", "a dog"]
+    server.outage = True
+    with pytest.raises(JudgeFailureError, match="3 of 3 verdicts failed"):
+        score_predictions(qa_samples(predictions), predictions, make_judge(server, cache_file))
+    assert len(server.requests) == 3
+    assert not cache_file.exists() or cache_file.read_text() == "", "no failed verdict is cached"
+
+    server.outage = False
+    result = score_predictions(qa_samples(predictions), predictions, make_judge(server, cache_file))
+    assert len(server.requests) == 6, "the rerun asked the server again"
+    assert result["scores"]["toy-qa"] == pytest.approx(2 / 3)
+    assert result["datasets"]["toy-qa"]["num_failures"] == 0
+
+
+def test_cache_key_covers_server_and_temperature(tmp_path):
+    pytest.importorskip("openai")
+    cache_file = tmp_path / "cache.jsonl"
+    with FakeOpenAIServer() as first, FakeOpenAIServer() as second:
+        score_qa(make_judge(first, cache_file), QUESTIONS, ANSWERS, PREDICTIONS)
+        asked = len(first.requests)
+        score_qa(make_judge(first, cache_file), QUESTIONS, ANSWERS, PREDICTIONS)
+        assert len(first.requests) == asked, "same judge, same server: every verdict from the cache"
+
+        score_qa(make_judge(second, cache_file), QUESTIONS, ANSWERS, PREDICTIONS)
+        assert len(second.requests) >= len(QUESTIONS), "another server is asked, not given the first's verdicts"
+
+        score_qa(make_judge(first, cache_file, temperature=0.7), QUESTIONS, ANSWERS, PREDICTIONS)
+        assert len(first.requests) >= asked + len(QUESTIONS), "another temperature is asked again"
+        assert first.requests[-1]["body"]["temperature"] == 0.7
+
+    keys = {
+        VerdictCache.key("m", "http://a/v1", 0.0, "s", "u", "q", "a", "p"),
+        VerdictCache.key("m", "http://a/v1", 0.0, "s", "u", "q", "b", "p"),
+        VerdictCache.key("m", "http://a/v1", 0.0, "s", "u", "q", "a", "p2"),
+        VerdictCache.key("m", "http://a/v1", 0.0, "s2", "u", "q", "a", "p"),
+    }
+    assert len(keys) == 4, "reference, prediction and prompt each change the key"
+
+
+def test_a_cache_file_holding_a_failed_entry_is_not_believed(server, tmp_path):
+    # An older version could leave `None` verdicts in the cache; they must be judged again, not returned.
+    cache_file = tmp_path / "cache.jsonl"
+    judge = make_judge(server, cache_file)
+    key = VerdictCache.key(
+        "judge-model", str(judge.client.base_url), 0.0, *judge_prompts("Q?", "dog", "dog"), "Q?", "dog", "dog"
+    )
+    cache_file.write_text(json.dumps({"key": key, "reply": None, "correct": None, "score": None}) + "\n")
+    result = score_qa(make_judge(server, cache_file), ["Q?"], ["dog"], ["dog"])
+    assert result["verdicts"][0]["correct"] is True and not result["verdicts"][0]["cached"]
+    assert len(server.requests) == 1
+
+
+def judge_prompts(question, answer, prediction):
+    from trainers.evaluation.judges import JUDGE_SYSTEM_PROMPT, JUDGE_USER_PROMPT
+
+    return JUDGE_SYSTEM_PROMPT, JUDGE_USER_PROMPT.format(question=question, answer=answer, prediction=prediction)
+
+
+def test_evaluation_file_is_not_written_when_the_judge_is_down(server, tmp_path):
+    # The continual run reuses eval/stage-i.json as the stage's scores: written during an outage, it kept a run
+    # crashing on `None` scores and never asked the judge again.
+    from conftest import build_tiny_model, tiny_processor, toy_samples
+
+    from trainers.evaluation.generation import evaluate_model
+
+    model = build_tiny_model(("image",))
+    samples = [s for s in toy_samples(tmp_path / "media", "image", count=4) if s["task"] == "qa"]
+    output = tmp_path / "eval" / "stage-1.json"
+    server.outage = True
+    with pytest.raises(JudgeFailureError):
+        evaluate_model(
+            model, tiny_processor(model), samples, judge=make_judge(server, tmp_path / "c.jsonl"),
+            max_new_tokens=3, output_file=output, progress=False,
+        )  # fmt: skip
+    assert not output.exists()
+    server.outage = False
+    result = evaluate_model(
+        model, tiny_processor(model), samples, judge=make_judge(server, tmp_path / "c.jsonl"),
+        max_new_tokens=3, output_file=output, progress=False,
+    )  # fmt: skip
+    assert output.exists() and result["datasets"][samples[0]["dataset"]]["num_failures"] == 0
+
+
+def test_judge_model_url_and_prompt_come_from_the_run_config(server, tmp_path, monkeypatch):
+    from trainers.settings import ContinualConfig
+
+    monkeypatch.setenv("OPENAI_API_KEY", "not-a-real-key")
+    prompt = "Grade it.\nQuestion: {question}\nCorrect Answer: {answer}\nPredicted Answer: {prediction}"
+    settings = {"model": "local-judge", "base_url": server.base_url, "system_prompt": "You grade answers.",
+                "user_prompt": prompt, "cache_file": str(tmp_path / "verdicts.jsonl"), "progress": False}  # fmt: skip
+    config = ContinualConfig(judge="gpt", judge_args=settings)
+    judge = get_judge(config.judge, **config.judge_args)
+    result = score_qa(judge, QUESTIONS[:2], ANSWERS[:2], PREDICTIONS[:2])
+    assert result["accuracy"] == 0.5 and result["judge"] == "gpt:local-judge"
+    body = server.requests[0]["body"]
+    assert body["model"] == "local-judge" and body["messages"][0]["content"] == "You grade answers."
+    assert body["messages"][1]["content"].startswith("Grade it.\nQuestion: ")
+    for wrong, message in (
+        ({"modle": "x"}, r"judge_args \['modle'\] are not settings of the 'gpt' judge"),
+        ({"api_key": "sk-1"}, "does not belong in a config file"),
+        ({"user_prompt": "Is {prediction} right?"}, r"lacks \['answer'\]"),
+        ({"user_prompt": "{answer} {prediction} {reference}"}, r"unknown \['reference'\]"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ContinualConfig(judge="gpt", judge_args=wrong)

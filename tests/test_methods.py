@@ -1,6 +1,7 @@
 """The method registry and the simple baselines: Replay's data, EProj's frozen LLM, a realign after any method."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,8 +13,8 @@ import trainers.stage as stage_loop
 from trainers.checkpoint import load_stage
 from trainers.data import MeraDataCollator, load_samples
 from trainers.data.replay import ReplayBuffer
-from trainers.methods import METHODS, get_method_plugins, register_method
-from trainers.methods.mera import RealignPlugin
+from trainers.methods import METHODS, check_method_settings, get_method_plugins, register_method
+from trainers.methods.mera import REPLAY_DRAW, RealignPlugin
 from trainers.plugins import StagePlugin
 from trainers.settings import ContinualConfig
 from trainers.stage import run_stage
@@ -65,7 +66,7 @@ def test_a_user_method_registered_from_outside_runs_in_the_stage_loop(tmp_path):
         METHODS.pop("connector_only_test")
     info = json.loads((output / "stage.json").read_text())
     assert info["plugins"] == ["freeze_llm", "realign"]
-    assert info["log"]["realign"]["samples"] == 1  # 12.5% of the stage's 8 samples (the pool holds 25%: 2)
+    assert "realign" not in info["log"]  # stage 1: one modality, nothing to realign
     assert "connector_only_test" not in METHODS
 
 
@@ -74,14 +75,58 @@ def test_realign_ratio_takes_r_percent_of_every_stage_out_of_the_replay_pool():
     for stage, count in ((1, 40), (2, 100)):
         rows = [{"id": f"{stage}-{i}", "modality": "image"} for i in range(count)]
         buffer.add_stage(stage, Dataset.from_list(rows), 10.0, seed=stage)
-    ctx = type("Ctx", (), {"replay": buffer, "settings": tiny_settings()})()
+    ctx = type("Ctx", (), {"replay": buffer, "settings": replace(tiny_settings(), replay_ratio=10.0), "stage": 2})()
     subset = RealignPlugin(realign_ratio=5.0).realign_set(ctx)
     ids = subset["id"]
     assert sum(i.startswith("1-") for i in ids) == 2 and sum(i.startswith("2-") for i in ids) == 5
     assert set(ids) <= set(buffer.union()["id"])
-    assert len(RealignPlugin().realign_set(ctx)) == 4 + 10  # no ratio: the whole pool (replay_ratio 10%)
-    with pytest.raises(ValueError, match="needs 20 samples of stage 1 but the replay buffer keeps 4"):
+    assert RealignPlugin().realign_set(ctx)["id"] == buffer.union()["id"]  # no ratio: the whole pool (10%)
+    assert RealignPlugin(realign_ratio=10.0).realign_set(ctx)["id"] == buffer.union()["id"]
+    with pytest.raises(ValueError, match="50.0% of stage 1 needs 20 samples but the replay buffer keeps 4"):
         RealignPlugin(realign_ratio=50.0).realign_set(ctx)
+    # Replay draws 5% from the same pool independently of realign's 5%.
+    replay_ids = buffer.subset(5.0, 0, purpose=REPLAY_DRAW)["id"]
+    assert len(replay_ids) == 7 and replay_ids != ids
+
+
+def test_mispaired_realign_pairs_carry_another_samples_media():
+    rows = [{"id": f"{m}-{i}", "modality": m, "media": f"{m}/{i}.png"} for m in ("image", "audio") for i in range(20)]
+    buffer = ReplayBuffer()
+    buffer.add_stage(1, Dataset.from_list(rows), 100.0, seed=0)
+    ctx = type("Ctx", (), {"replay": buffer, "settings": replace(tiny_settings(), replay_ratio=100.0), "stage": 2})()
+    noisy = RealignPlugin(mispaired_percent=50.0).realign_set(ctx)
+    assert sum(noisy["mispaired"]) == 20
+    for sample in noisy:
+        own = f"{sample['modality']}/{sample['id'].split('-')[1]}.png"
+        assert (sample["media"] != own) == sample["mispaired"]
+        assert sample["media"].startswith(sample["modality"] + "/")  # media of the same modality
+    assert sum(RealignPlugin(mispaired_percent=10.0).realign_set(ctx)["mispaired"]) == 4
+
+
+def test_method_settings_are_refused_before_anything_is_written():
+    cases = {
+        "unknown method 'meera'": ContinualConfig(method="meera"),
+        r"method_args \['fisher_pct'\] are not settings of method 'ewc'": ContinualConfig(
+            method="ewc", method_args={"fisher_percent": 1, "fisher_pct": 2}
+        ),
+        "EWC needs ewc_lambda >= 0, fisher_percent in": ContinualConfig(
+            method="ewc", method_args={"fisher_percent": 0}
+        ),
+        "mispaired_percent must be a percentage": ContinualConfig(
+            method="mera", method_args={"mispaired_percent": 120}
+        ),
+        "realign_ratio must be a percentage in": ContinualConfig(method="replay", realign_ratio=150),
+        "replay_ratio must be a percentage in": ContinualConfig(method="replay", replay_ratio=0),
+        "'mera' already realigns": ContinualConfig(method="mera", realign_ratio=10),
+    }
+    for message, config in cases.items():
+        with pytest.raises(ValueError, match=message):
+            check_method_settings(config)
+    # Replay 1% + Realign 10%: the buffer keeps 10%, replay draws 1% and realign 10% of it.
+    config = ContinualConfig(method="replay", replay_ratio=1, realign_ratio=10)
+    replay_plugin, realign_plugin = check_method_settings(config)
+    assert (replay_plugin.ratio_percent, realign_plugin.realign_ratio) == (1, 10)
+    assert config.stage_settings().replay_ratio == 10.0
 
 
 def test_replay_batches_mix_old_stages_in_the_stated_proportion(tmp_path, monkeypatch):

@@ -332,7 +332,7 @@ def test_four_modality_model_with_the_papers_audio_and_point_cloud_experts(tmp_p
         feature_processor=waveform_extractor,
         options={"max_audio_seconds": 0.5},
     )
-    phase = {"warmup_ratio": 0.0, "disable_tqdm": True}
+    phase = {"warmup_steps": 0, "disable_tqdm": True}
     settings = StageSettings(
         **{
             f"{name}_{field}": value
@@ -454,6 +454,7 @@ def test_dry_run_lists_the_checkpoints_and_a_missing_one_stops_dry_and_real_runs
     import yaml
 
     from trainers.continual import run_continual
+    from trainers.errors import UserError
     from trainers.settings import ContinualConfig
 
     config = yaml.safe_load(write_tiny_run(tmp_path, modalities=("audio",), samples_per_modality=2).read_text())
@@ -469,16 +470,18 @@ def test_dry_run_lists_the_checkpoints_and_a_missing_one_stops_dry_and_real_runs
 
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 1, result.stderr[-2000:]
-    assert "every data file and media file exists" in result.stdout  # only the checkpoints are missing
+    assert "BAD" not in result.stdout and "media file(s) missing" not in result.stdout  # only the checkpoints
+    assert f"SETTING modalities ('audio').encoder_weights: file {beats_file} not found" in result.stdout
+    assert f"SETTING modalities ('audio').connector.init_from: folder {bert_folder} not found" in result.stdout
     assert f"audio encoder: file {beats_file} (MISSING)" in result.stdout
     assert f"audio connector init_from: folder {bert_folder} (MISSING)" in result.stdout
     assert f"language model: folder {tmp_path / 'lm'} (found)" in result.stdout
     assert "missing checkpoint(s): BEATs_iter3_plus_AS2M.pt, bert; see docs/encoders.md" in result.stdout
     # A real run stops before its first stage, not when it reaches the audio stage.
-    with pytest.raises(
-        FileNotFoundError, match=f"pretrained checkpoint\\(s\\) not found: {beats_file}, {bert_folder}"
-    ):
+    with pytest.raises(UserError, match="the run was not started, nothing was written") as raised:
         run_continual(ContinualConfig(**config))
+    assert f"encoder_weights: file {beats_file} not found" in str(raised.value)
+    assert f"connector.init_from: folder {bert_folder} not found" in str(raised.value)
     assert not (tmp_path / "run" / "stage-1").exists()
 
     beats_file.parent.mkdir()

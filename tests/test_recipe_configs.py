@@ -14,9 +14,9 @@ import torch
 import yaml
 
 from recipes.continual import make_parser as continual_parser
-from recipes.demo import demo_config
 from recipes.stage import make_parser as stage_parser
 from trainers.continual import build_stage_plan
+from trainers.demo.runs import demo_settings
 from trainers.settings import ContinualConfig
 from trainers.sft import phase_config
 from trainers.stage import check_runtime
@@ -41,7 +41,7 @@ def test_every_shipped_config_parses_validates_and_plans():
     for name in shipped:
         if name.startswith("demo") or name == "bench.yaml":  # `mera demo`'s and `mera bench`'s: ContinualConfig fields
             for quick in (False, True):
-                settings = demo_config(CONFIGS / name, quick)["settings"]
+                settings = demo_settings(CONFIGS / name, quick)["settings"]
                 settings.pop("bench", None)  # the bench's own section (methods, repetitions)
                 ContinualConfig(**settings)
             continue
@@ -166,7 +166,7 @@ def test_tiny_recipe_runs_offline_as_the_readme_says_and_overrides_reach_stage_j
     assert info["log"]["finetune"]["learning_rate"] == 1e-4, "the override is what fine-tuning trained with"
     assert info["log"]["finetune"]["lora_r"] == 4 and info["log"]["finetune"]["lora_alpha"] == 16
     assert info["log"]["pretrain"]["learning_rate"] == 3e-3, "the YAML's value where nothing overrides it"
-    assert info["log"]["realign"]["num_train_epochs"] == 2
+    assert "realign" not in info["log"], "nothing to realign with one modality (the paper's stage 1)"
 
     result = run(sys.executable, "recipes/continual.py", "--config", "recipes/configs/tiny.yaml",
                  "--output_dir", "runs/tiny", *overrides)  # fmt: skip
@@ -176,3 +176,4 @@ def test_tiny_recipe_runs_offline_as_the_readme_says_and_overrides_reach_stage_j
     last = json.loads((tmp_path / "runs/tiny/stage-4/stage.json").read_text())
     assert last["modalities"] == ["image", "video", "audio", "point_cloud"]
     assert last["log"]["finetune"]["learning_rate"] == 1e-4
+    assert last["log"]["realign"]["num_train_epochs"] == 2, "the realign override reaches the stages that realign"

@@ -23,7 +23,7 @@ from trainers.data import load_samples
 from trainers.settings import PHASES, ModalitySpec, StageSettings
 from trainers.stage import run_stage
 
-TINY_PHASE = {"warmup_ratio": 0.0, "logging_steps": 1, "disable_tqdm": True}
+TINY_PHASE = {"warmup_steps": 0, "logging_steps": 1, "disable_tqdm": True}
 
 SPECS = {
     "image": ModalitySpec(
@@ -80,12 +80,15 @@ def test_three_stages_of_run_stage(tmp_path):
         info = json.loads((output / "stage.json").read_text())
         assert info["stage"] == stage and info["modality"] == modality
         assert info["plugins"] == ["merge", "realign"]
-        assert info["log"]["merge"]["coefficient"] == pytest.approx(1 / stage)
-        # R_i holds ceil(25% of 8) = 2 samples of each stage so far, the current one included.
-        assert info["log"]["realign"]["samples"] == 2 * stage
+        if stage == 1:  # one modality: nothing to merge with, nothing to realign
+            assert "merge" not in info["log"] and "realign" not in info["log"]
+        else:
+            assert info["log"]["merge"]["coefficient"] == pytest.approx(1 / stage)
+            # R_i holds ceil(25% of 8) = 2 samples of each stage so far, the current one included.
+            assert info["log"]["realign"]["samples"] == 2 * stage
         # Each phase's wall-clock and process CPU seconds; realign is the realign plug-in's after_stage.
         phases = info["log"]["phase_seconds"]
-        assert set(phases) == {"pretrain", "finetune", "merge", "save", "realign"}
+        assert set(phases) == {"pretrain", "finetune", "merge", "save"} | ({"realign"} if stage > 1 else set())
         assert all(t["wall"] >= 0 and t["cpu"] >= 0 for t in phases.values())
         assert phases["finetune"]["cpu"] > 0
         assert not (tmp_path / f"stage-{stage}.partial").exists()
@@ -142,3 +145,18 @@ def test_a_stage_records_its_adapter_format_by_import_path():
         adapter_format_of({"adapter_format_class": "trainers.methods.nothing.Format"})
     with pytest.raises(ValueError, match="unknown adapter_format 'lora_bank'"):
         adapter_format_of({"adapter_format": "lora_bank"})
+
+
+def test_mera_stage_one_is_the_fine_tuning_stage_one(tmp_path):
+    # The paper's MERA stage-1 scores equal the expert's: stage 1 neither merges (θ1,merged = θ1,vanilla) nor
+    # realigns (one modality), so it is the same model as plain fine-tuning's.
+    data = load_samples(toy_samples(tmp_path / "data", "image", 4))
+    stages = {}
+    for name, plugins in (("fine_tuning", []), ("mera", None)):
+        base = build_tiny_model(())
+        output = run_stage(base, tiny_processor(base), SPECS["image"], data, tmp_path / name, plugins=plugins,
+                           settings=tiny_settings())  # fmt: skip
+        stages[name] = load_stage(output)[0].state_dict()
+    assert stages["mera"].keys() == stages["fine_tuning"].keys()
+    for key, tensor in stages["fine_tuning"].items():
+        assert torch.equal(stages["mera"][key], tensor), key

@@ -19,7 +19,7 @@ def tiny_args(tmp_path, **overrides) -> MeraSFTConfig:
         per_device_train_batch_size=4,
         num_train_epochs=6,
         learning_rate=5e-3,
-        warmup_ratio=0.0,
+        warmup_steps=0,
         lr_scheduler_type="constant",
         logging_steps=1,
         seed=0,

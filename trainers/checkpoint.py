@@ -16,6 +16,7 @@ then holds the plain base model plus `adapters/`, and `stage.json` records the f
 without the loop knowing its methods.
 """
 
+import hashlib
 import importlib
 import json
 import os
@@ -29,7 +30,9 @@ from modeling_mera import MeraForCausalLM, MeraProcessor
 
 from .data import ReplayBuffer
 from .distributed import process_state
+from .errors import UserError, UserFileNotFoundError
 from .merge import unwrapped_name
+from .safety import public_name, redact_secrets
 
 STAGE_INFO = "stage.json"
 REPLAY_DIR = "replay"
@@ -44,6 +47,18 @@ LEGACY_ADAPTER_FORMATS = {
 
 def is_finished_stage(directory: str | os.PathLike) -> bool:
     return (Path(directory) / STAGE_INFO).is_file()
+
+
+def clean_finished_stage(directory: str | os.PathLike):
+    """Remove what a finished stage no longer needs: its `.partial` work folder and any temporary save folder,
+    left behind when a kill landed between the final rename and the clean-up."""
+    directory = Path(directory)
+    if is_finished_stage(directory) and process_state().is_main_process:
+        for leftover in (
+            directory.with_name(f"{directory.name}.partial"),
+            directory.with_name(f".{directory.name}.saving"),
+        ):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 class AdapterFormat:
@@ -129,11 +144,62 @@ def load_plugin_states(plugins: list, directory: Path):
             plugin.load_state_dict(state)
 
 
+class CheckpointError(UserError):
+    """A saved stage is damaged: a file is missing, truncated or changed since it was saved."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_manifest(directory: Path) -> dict[str, dict]:
+    """Size and sha256 of every file under `directory` (but `stage.json`, which holds this manifest)."""
+    return {
+        path.relative_to(directory).as_posix(): {"size": path.stat().st_size, "sha256": _sha256(path)}
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.name != STAGE_INFO
+    }
+
+
+def read_stage_info(directory: str | os.PathLike) -> dict:
+    """A stage's `stage.json`; `CheckpointError` naming the file when it cannot be read."""
+    path = Path(directory) / STAGE_INFO
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} is damaged or unreadable ({error}); the stage must be trained again") from None
+
+
+def verify_stage(directory: str | os.PathLike) -> dict:
+    """
+    Check a saved stage against the sizes and hashes its `stage.json` recorded when it was saved (checkpoints of
+    older versions, which recorded none, pass); returns the stage info. `CheckpointError` names every damaged file.
+    """
+    directory = Path(directory)
+    info = read_stage_info(directory)
+    problems = []
+    for name, expected in (info.get("files") or {}).items():
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != expected["size"]:
+            problems.append(f"{name} has {path.stat().st_size} bytes, {expected['size']} were saved (truncated?)")
+        elif _sha256(path) != expected["sha256"]:
+            problems.append(f"{name} changed since it was saved (sha256 differs)")
+    if problems:
+        raise CheckpointError(f"the checkpoint {directory} is damaged: " + "; ".join(problems))
+    return info
+
+
 def load_stage_model(directory: str | os.PathLike, processor: MeraProcessor):
     """The model of a saved stage (or phase): the plain model, or the one its adapter format rebuilds."""
     directory = Path(directory)
     model = MeraForCausalLM.from_pretrained(directory)
-    adapter_format = adapter_format_of(json.loads((directory / STAGE_INFO).read_text()), directory / STAGE_INFO)
+    adapter_format = adapter_format_of(read_stage_info(directory), directory / STAGE_INFO)
     if adapter_format is None:
         return model
     return adapter_format.load(model, directory / ADAPTER_DIR, processor)
@@ -146,10 +212,23 @@ def load_stage(directory: str | os.PathLike) -> tuple[MeraForCausalLM, MeraProce
     """
     directory = Path(directory)
     if not is_finished_stage(directory):
-        raise FileNotFoundError(f"{directory} is not a finished stage (no {STAGE_INFO})")
+        raise UserFileNotFoundError(f"{directory} is not a finished stage (no {STAGE_INFO})")
+    verify_stage(directory)
     processor = MeraProcessor.from_pretrained(directory)
     model = load_stage_model(directory, processor)
     return model, processor, ReplayBuffer.load(directory / REPLAY_DIR)
+
+
+def _without_local_names(config):
+    """Blank the local folders the LLM and the encoders were loaded from (`_name_or_path`) in `config`: its
+    `config.json` is published with the stage, and a Hub id is kept. The weights are unaffected."""
+    text_config = getattr(config, "text_config", None)
+    if text_config is not None:
+        text_config._name_or_path = public_name(text_config._name_or_path)
+    for modality in getattr(config, "modalities", {}).values():
+        encoder = modality.get("encoder_config")
+        if isinstance(encoder, dict) and encoder.get("_name_or_path"):
+            encoder["_name_or_path"] = public_name(encoder["_name_or_path"])
 
 
 def save_stage(
@@ -168,9 +247,11 @@ def save_stage(
         temporary = output_dir.with_name(f".{output_dir.name}.saving")
         shutil.rmtree(temporary, ignore_errors=True)
         if adapter_format is None:
+            _without_local_names(model.config)
             model.save_pretrained(temporary)
         else:
             base = adapter_format.base_model(model)
+            _without_local_names(base.config)
             base.save_pretrained(temporary, state_dict=base_state_dict(base))
             adapter_format.save(model, temporary / ADAPTER_DIR)
             info = {
@@ -182,6 +263,8 @@ def save_stage(
         processor.save_pretrained(temporary)
         replay.save(temporary / REPLAY_DIR)
         save_plugin_states(list(plugins), temporary / PLUGIN_DIR)
+        # Sizes and hashes of every file, checked when the stage is loaded; secrets never reach the stage's info.
+        info = {**redact_secrets(json.loads(json.dumps(info, default=str))), "files": file_manifest(temporary)}
         (temporary / STAGE_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
         if output_dir.exists():
             shutil.rmtree(output_dir)

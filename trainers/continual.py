@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,16 +28,20 @@ from transformers import AutoTokenizer
 from modeling_mera import MeraForCausalLM, MeraProcessor
 
 from . import console
-from .checkpoint import STAGE_INFO, is_finished_stage, load_stage
+from .checkpoint import STAGE_INFO, clean_finished_stage, is_finished_stage, load_stage
 from .data import load_samples
 from .data.samples import read_sample_file
 from .distributed import process_state
+from .errors import UserError
 from .evaluation.generation import evaluate_model
+from .evaluation.judges import format_judge_failures, get_judge, judge_failures
 from .evaluation.metrics import ScoreMatrix, format_report, summarize
 from .methods import get_method_plugins
-from .pretrained import missing_checkpoints, required_checkpoints
+from .run_lock import RunLock
+from .safety import feature_processor_class, redact_secrets
 from .settings import MODALITY_KEYS, ContinualConfig, ModalitySpec
-from .stage import check_runtime, run_stage
+from .stage import run_stage
+from .validation import RESUMABLE_SETTINGS, check_run
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +57,13 @@ class StagePlan:
 def build_stage_plan(config: ContinualConfig) -> list[StagePlan]:
     """The stages in training order, with resolved data paths; loads no model and no data."""
     if not config.modalities:
-        raise ValueError("the config lists no modalities")
+        raise UserError("the config lists no modalities")
     modalities = list(config.modalities)
     if config.order == "reverse":
         modalities.reverse()
     names = [modality.get("task") or modality["name"] for modality in modalities]
     if len(set(names)) != len(names):
-        raise ValueError(f"the stages' tasks (a stage's modality when it names no task) must differ, got {names}")
+        raise UserError(f"the stages' tasks (a stage's modality when it names no task) must differ, got {names}")
     root = Path(config.data_root)
     plan = []
     for stage, modality in enumerate(modalities, start=1):
@@ -71,16 +76,10 @@ def build_stage_plan(config: ContinualConfig) -> list[StagePlan]:
 
 
 def build_processor_from_dict(settings: dict):
-    """A transformers processor from `{"processor_class": "CLIPImageProcessorPil", ...its arguments}`."""
-    import transformers
-
+    """A transformers processor from `{"processor_class": "CLIPImageProcessorPil", ...its arguments}`; the class
+    must be one of transformers' image processors or feature extractors (`trainers.safety`)."""
     settings = dict(settings)
-    class_name = settings.pop("processor_class", None)
-    if not class_name or not hasattr(transformers, class_name):
-        raise ValueError(
-            f"feature_processor needs a 'processor_class' naming a transformers class, got {class_name!r}"
-        )
-    return getattr(transformers, class_name)(**settings)
+    return feature_processor_class(settings.pop("processor_class", None))(**settings)
 
 
 def _as_list(value) -> list:
@@ -121,21 +120,43 @@ def base_model_and_processor(config: ContinualConfig) -> tuple[MeraForCausalLM, 
 
 
 def _check_run_config(config: ContinualConfig, output_dir: Path):
-    """A resumed run must be the same run: same method, order, modalities, language model and settings."""
+    """
+    A resumed run must be the same run: every setting but the few of `RESUMABLE_SETTINGS` (paths, evaluation batch
+    size, publishing) as it began. The first call writes `run_config.json` (secrets redacted).
+    """
     saved_file = output_dir / "run_config.json"
-    current = json.loads(json.dumps(asdict(config), default=str))
-    volatile = {"output_dir", "experts_dir", "data_root", "judge", "eval_batch_size", "test_limit", "train_experts"}
-    volatile |= {"push_to_hub", "hub_model_id", "hub_private_repo", "feature_cache", "feature_cache_gb"}
+    current = redact_secrets(json.loads(json.dumps(asdict(config), default=str)))
     if saved_file.is_file():
-        saved = json.loads(saved_file.read_text())
-        differing = sorted(k for k in current if k not in volatile and saved.get(k) != current.get(k))
+        try:
+            saved = json.loads(saved_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise UserError(
+                f"{saved_file} is damaged ({error}); it records the run's settings: restore it, or use another "
+                "output_dir to start anew"
+            ) from None
+        differing = sorted(k for k in current if k not in RESUMABLE_SETTINGS and saved.get(k) != current.get(k))
         if differing:
-            raise ValueError(
-                f"{output_dir} holds a run with other settings ({differing}); use another output_dir to start anew"
+            changes = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differing)
+            raise UserError(
+                f"{output_dir} holds a run with other settings ({differing}; {changes}); only "
+                f"{list(RESUMABLE_SETTINGS)} may change when a run resumes. Use another output_dir to start anew"
             )
     elif process_state().is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        saved_file.write_text(json.dumps(current, indent=2) + "\n")
+        _write_json(saved_file, current)
+
+
+@contextmanager
+def open_run(config: ContinualConfig, plan: list[StagePlan]):
+    """
+    Everything a run checks before it writes: every setting and every stage's data and media (`check_run`), then
+    the run folder's lock (one process at a time), then `run_config.json` (the same run, or a new one).
+    """
+    check_run(config, plan)  # with the stage loop's check_runtime (e.g. load_in_4bit without CUDA)
+    output_dir = Path(config.output_dir)
+    with RunLock(output_dir) if process_state().is_main_process else nullcontext():
+        _check_run_config(config, output_dir)
+        yield output_dir
 
 
 def _write_json(path: Path, data: Any):
@@ -147,7 +168,10 @@ def _write_json(path: Path, data: Any):
 def evaluate_stage(config: ContinualConfig, stage_dir: Path, plan: list[StagePlan], output_file: Path) -> dict:
     """Scores of every modality the stage's model has learnt; cached in `output_file`."""
     if output_file.is_file():
-        return json.loads(output_file.read_text())["scores"]
+        try:
+            return json.loads(output_file.read_text())["scores"]
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
+            logger.warning(f"{output_file} is damaged; the stage is evaluated again")
     model, processor, _ = load_stage(stage_dir)
     model.to(process_state().device).eval()  # each process generates its share of the batches on its own device
     stage = json.loads((stage_dir / STAGE_INFO).read_text()).get("stage", len(model.modalities))
@@ -161,10 +185,11 @@ def evaluate_stage(config: ContinualConfig, stage_dir: Path, plan: list[StagePla
         model,
         processor,
         samples,
-        judge=config.judge,
+        judge=get_judge(config.judge, **config.judge_args) if config.judge_args else config.judge,
         batch_size=config.eval_batch_size,
         max_new_tokens=config.max_new_tokens,
         output_file=output_file,
+        max_judge_failure_rate=config.max_judge_failure_rate,
     )
     if process_state().is_main_process:
         timed = {**json.loads(output_file.read_text()), "seconds": {"wall": round(time.perf_counter() - wall, 3)}}
@@ -176,6 +201,14 @@ def evaluate_stage(config: ContinualConfig, stage_dir: Path, plan: list[StagePla
 def train_experts(config: ContinualConfig, plan: list[StagePlan]) -> dict[str, float]:
     """Each modality trained alone from the base LM (fine-tuning, no merge or realign) and scored on its tests."""
     experts_dir = Path(config.experts_dir or Path(config.output_dir) / "experts")
+    # Experts kept apart from the run folder are shared between runs: one run at a time trains or scores them.
+    inside_run = experts_dir.resolve().is_relative_to(Path(config.output_dir).resolve())  # under the run's lock
+    shared = not inside_run and process_state().is_main_process
+    with RunLock(experts_dir, wait=True) if shared else nullcontext():
+        return _expert_scores(config, plan, experts_dir)
+
+
+def _expert_scores(config: ContinualConfig, plan: list[StagePlan], experts_dir: Path) -> dict[str, float]:
     scores = {}
     for step in plan:
         # An expert learns its modality alone: its console lines name no stage ("video · fine-tune · expert").
@@ -206,40 +239,27 @@ def push_to_hub(config: ContinualConfig, output_dir: Path):
         )
 
 
-def check_method_fits_plan(config: ContinualConfig, plan: list[StagePlan]):
-    """The method exists, takes its `method_args`, and can run every stage of the plan (a stage that adds a task on
-    a modality learnt before is refused by methods that isolate per modality, e.g. EProj)."""
-    plugins = get_method_plugins(config.method, config)
-    repeated = [step for step in plan if step.spec.name in {s.spec.name for s in plan if s.stage < step.stage}]
-    refusing = [plugin.name for plugin in plugins if not plugin.supports_task_stages]
-    if repeated and refusing:
-        raise ValueError(
-            f"method {config.method!r} cannot add a task on a modality learnt before (stage {repeated[0].stage}: "
-            f"task {repeated[0].spec.task_name!r} on {repeated[0].spec.name!r}); its plug-ins {refusing} isolate "
-            "what each modality learns. MR-LoRA isolates per task."
-        )
-
-
 def run_continual(config: ContinualConfig) -> dict:
-    """Run (or resume) every stage; returns the summary of `trainers.evaluation.metrics.summarize`."""
+    """
+    Run (or resume) every stage; returns the summary of `trainers.evaluation.metrics.summarize`.
+
+    Every setting and every stage's data and media are checked first, before anything is written (`open_run`).
+    """
     plan = build_stage_plan(config)
-    check_method_fits_plan(config, plan)  # an unknown method or a stage it cannot run fails before any writing
-    output_dir = Path(config.output_dir)
-    check_runtime(config)  # e.g. load_in_4bit without CUDA: refused before anything is written
-    _check_run_config(config, output_dir)
-    missing = missing_checkpoints(required_checkpoints(config.language_model, config.modalities or []))
-    if missing:  # a missing encoder file would otherwise stop the run at its stage, after the earlier ones
-        paths = ", ".join(entry["path"] for entry in missing)
-        raise FileNotFoundError(
-            f"pretrained checkpoint(s) not found: {paths} (docs/encoders.md says where to get them)"
-        )
+    with open_run(config, plan) as output_dir:
+        return _run_stages(config, plan, output_dir)
+
+
+def _run_stages(config: ContinualConfig, plan: list[StagePlan], output_dir: Path) -> dict:
     is_main = process_state().is_main_process
     stage_scores = []
     for step in plan:
         # Every line the stage prints says where the run is: "stage 2/4 · video · fine-tune · mera".
         with console.context(stage=step.stage, stages=len(plan), modality=step.spec.name, method=config.method):
             stage_dir = output_dir / f"stage-{step.stage}"
-            if not is_finished_stage(stage_dir):
+            if is_finished_stage(stage_dir):
+                clean_finished_stage(stage_dir)
+            else:
                 if step.stage == 1:
                     previous, processor = base_model_and_processor(config)
                 else:
@@ -268,9 +288,17 @@ def run_continual(config: ContinualConfig) -> dict:
     if is_main:
         _write_json(output_dir / "scores.json", scores)
     summary = summarize(ScoreMatrix.from_dict(scores, source=str(output_dir / "scores.json")))
+    failures = {}
+    for step in plan:
+        evaluation = json.loads((output_dir / "eval" / f"stage-{step.stage}.json").read_text())
+        failures[f"stage-{step.stage}"] = judge_failures(evaluation)
+    summary["judge_failures"] = failures
+    failures_line = format_judge_failures(
+        {f"{stage} {dataset}": entry for stage, sets in failures.items() for dataset, entry in sets.items()}
+    )
     if is_main:
         _write_json(output_dir / "report.json", summary)
-        (output_dir / "report.txt").write_text(format_report([summary]) + "\n")
+        (output_dir / "report.txt").write_text(format_report([summary]) + "\n" + failures_line + "\n")
         if config.push_to_hub:  # the experts are scored now: every stage's card gets its Relative Gain table
             push_to_hub(config, output_dir)
     return summary

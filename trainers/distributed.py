@@ -28,6 +28,17 @@ def process_state() -> PartialState:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
+def close_process_group():
+    """
+    Wait for every process, then close the process group. A gloo group still open when the interpreter exits can
+    abort a process whose work is done ("terminate called without an active exception", exit code -6), so each
+    entry point closes it on its way out.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def shards_parameters(accelerator) -> bool:
     """Whether `accelerator` splits the parameters themselves across processes (FSDP, DeepSpeed ZeRO-3)."""
     if accelerator.distributed_type == DistributedType.FSDP:

@@ -79,6 +79,14 @@ class StagePlugin:
     def after_stage(self, ctx: StageContext):
         """After the adapter is folded into the LLM: e.g. realign."""
 
+    def fingerprint(self, stage: int) -> dict | None:
+        """
+        What this plug-in does to stage `stage`, as JSON: `None` when it leaves the stage exactly as plain
+        fine-tuning does (so `mera study` may reuse the stage across methods). By default: its class and settings.
+        """
+        settings = {key: value for key, value in vars(self).items() if not key.startswith("_")}
+        return {"plugin": f"{type(self).__module__}.{type(self).__qualname__}", "settings": settings}
+
     def extra_loss(self, model, inputs: dict) -> torch.Tensor | None:
         """A term added to the fine-tuning loss at every step (`MeraSFTTrainer.compute_loss`), e.g. EWC's penalty."""
         return None

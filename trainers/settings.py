@@ -11,6 +11,9 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .errors import UserError
+from .evaluation.judges import DEFAULT_MAX_FAILURE_RATE
+
 # The per-phase settings a command line reaches by name (`--finetune_learning_rate 1e-4`): `{phase}_{field}` sets
 # the field of the phase's `MeraSFTConfig`. Every other MeraSFTConfig field goes into `{phase}_args`.
 PHASES = ("pretrain", "finetune", "realign")
@@ -33,7 +36,7 @@ def _phase_args_field(phase: str):
         default=None,
         metadata={
             "help": f"Further MeraSFTConfig fields of {PHASE_NAMES[phase]}, as a dict (YAML) or JSON (command line: "
-            f"--{phase}_args '{{\"warmup_ratio\": 0.1}}'). Fields with their own setting ({phase}_learning_rate, "
+            f"--{phase}_args '{{\"warmup_steps\": 0.1}}'). Fields with their own setting ({phase}_learning_rate, "
             "...) are set there, not here."
         },
     )
@@ -187,7 +190,7 @@ def _phase_args(phase: str, value) -> dict | None:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{name} must be a JSON object such as '{{\"warmup_ratio\": 0.1}}': {error}") from None
+            raise ValueError(f"{name} must be a JSON object such as '{{\"warmup_steps\": 0.1}}': {error}") from None
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -250,7 +253,8 @@ class ContinualConfig(StageSettings):
     realign_ratio: float | None = field(
         default=None,
         metadata={
-            "help": "Add MERA's realign step on R%% of every stage's data after any method (R <= replay_ratio).",
+            "help": "Add MERA's realign step on R%% of every stage's data after any method. Replay and realign draw "
+            "independently: the replay buffer keeps max(replay_ratio, realign_ratio)%% of each stage.",
             "aliases": ["--realign"],
         },
     )
@@ -264,6 +268,21 @@ class ContinualConfig(StageSettings):
     dtype: str = field(default="float32", metadata={"help": "dtype the LLM is loaded in (float32, bfloat16, ...)."})
     use_chat_template: bool = field(default=False, metadata={"help": "Wrap prompts in the LLM's chat template."})
     judge: str = field(default="match", metadata={"help": "QA judge: 'match' (offline) or 'gpt'."})
+    max_judge_failure_rate: float = field(
+        default=DEFAULT_MAX_FAILURE_RATE,
+        metadata={
+            "help": "Share of a QA test set's verdicts that may fail (judge server errors, unparsable replies); "
+            "above it the run stops with a message after scoring what it could, and nothing failed is cached."
+        },
+    )
+    judge_args: dict | None = field(
+        default=None,
+        metadata={
+            "help": "Settings of the 'gpt' judge: model (paper: gpt-4o-mini), base_url (any OpenAI-compatible "
+            "server, e.g. a local vLLM), system_prompt, user_prompt (a template of {question}, {answer} and "
+            "{prediction}), concurrency, retries, temperature, timeout, cache_file. The key comes from OPENAI_API_KEY."
+        },
+    )
     eval_batch_size: int = field(default=16, metadata={"help": "Batch size of evaluation's greedy decoding."})
     max_new_tokens: int = field(default=32, metadata={"help": "Tokens generated per test answer."})
     test_limit: int | None = field(default=None, metadata={"help": "Evaluate at most this many samples per file."})
@@ -290,36 +309,56 @@ class ContinualConfig(StageSettings):
     hub_private_repo: bool | None = field(
         default=None, metadata={"help": "Create the hub_model_id repo private (default: the Hub's default)."}
     )
+    validate_media: str = field(
+        default="decode",
+        metadata={
+            "help": "How every media file is checked before the run starts: 'decode' reads each one (a corrupt "
+            "image is caught before training), 'exists' only checks that it is there and not empty (faster)."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if self.order not in ("sequential", "reverse"):
-            raise ValueError(f"order must be 'sequential' or 'reverse', got {self.order!r}")
+            raise UserError(f"order must be 'sequential' or 'reverse', got {self.order!r}")
+        if self.validate_media not in ("decode", "exists"):
+            raise UserError(f"validate_media must be 'decode' or 'exists', got {self.validate_media!r}")
         for index, modality in enumerate(self.modalities or []):
+            if not isinstance(modality, dict):
+                raise UserError(f"modalities[{index}]: expected a mapping (name, train, test, ...), got {modality!r}")
             unknown = sorted(set(modality) - MODALITY_KEYS - MODALITY_DATA_KEYS)
             if unknown:
-                raise ValueError(
+                raise UserError(
                     f"modalities[{index}] ({modality.get('name')!r}): unknown keys {unknown}; "
                     f"known keys are {sorted(MODALITY_KEYS | MODALITY_DATA_KEYS)}"
                 )
             for key in ("name", "train", "test"):
                 if not modality.get(key):
-                    raise ValueError(f"modalities[{index}]: '{key}' is required")
+                    raise UserError(f"modalities[{index}]: '{key}' is required")
+        from .evaluation.judges import check_judge_args  # no torch there
+
+        check_judge_args(self.judge, self.judge_args)
         if not isinstance(self.push_to_hub, bool):
-            raise ValueError(
+            raise UserError(
                 f"push_to_hub is a boolean, as in transformers' TrainingArguments, got {self.push_to_hub!r}; give the "
                 "repo id as hub_model_id (push_to_hub: true, hub_model_id: org/name)"
             )
         if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("push_to_hub: true needs hub_model_id, the Hub repo id (org/name) to push to")
+            raise UserError("push_to_hub: true needs hub_model_id, the Hub repo id (org/name) to push to")
         if self.hub_model_id is not None:
             from huggingface_hub.utils import validate_repo_id
 
             try:
                 validate_repo_id(self.hub_model_id)
             except ValueError as error:
-                raise ValueError(f"hub_model_id must be a Hub repo id like 'org/name': {error}") from None
+                raise UserError(f"hub_model_id must be a Hub repo id like 'org/name': {error}") from None
 
     def stage_settings(self) -> StageSettings:
-        """The stage loop's settings: this config's `StageSettings` fields."""
-        return StageSettings(**{f.name: getattr(self, f.name) for f in fields(StageSettings)})
+        """
+        The stage loop's settings: this config's `StageSettings` fields, with the replay buffer keeping the larger
+        of `replay_ratio` and `realign_ratio` (replay and realign then draw their own shares from it).
+        """
+        settings = {f.name: getattr(self, f.name) for f in fields(StageSettings)}
+        # A float either way, so that 10 and 10.0 give one stage fingerprint (`mera study`).
+        settings["replay_ratio"] = float(max(self.replay_ratio, self.realign_ratio or 0.0))
+        return StageSettings(**settings)

@@ -65,7 +65,9 @@ class MeraSFTConfig(SFTConfig):
     report_to: str | list[str] = "none"
     save_strategy: str = "no"
     lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.03
+    # transformers 5 dropped `warmup_ratio`: a float below 1 in `warmup_steps` is the fraction of the phase's steps
+    # (`TrainingArguments.get_warmup_steps`: ceil(0.03 · steps)).
+    warmup_steps: float = 0.03
     num_train_epochs: float = 1.0
     max_length: int | None = None
     logging_steps: float = 10
@@ -76,6 +78,11 @@ class MeraSFTConfig(SFTConfig):
     feature_cache_gb: float = field(default=2.0, metadata={"help": "Size limit of the feature cache, in GiB."})
 
     def __post_init__(self):
+        if self.warmup_steps < 0 or (self.warmup_steps >= 1 and self.warmup_steps != int(self.warmup_steps)):
+            raise ValueError(
+                f"warmup_steps must be a whole number of steps or a fraction in [0, 1) of the phase's steps, got "
+                f"{self.warmup_steps}"
+            )
         if self.bf16 is None:
             self.bf16 = bool(not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         if self.dataloader_pin_memory is None:
@@ -88,6 +95,11 @@ def paper_phase_config(phase: str, output_dir: str, **overrides) -> MeraSFTConfi
     """The paper's hyper-parameters for a phase ('pretrain', 'finetune', 'realign'), with overrides."""
     if phase not in PAPER_PHASES:
         raise ValueError(f"unknown phase {phase!r}; expected one of {list(PAPER_PHASES)}")
+    if "warmup_ratio" in overrides:
+        raise ValueError(
+            f"{phase}: 'warmup_ratio' is not a setting of transformers 5 (it would be ignored); write the fraction as "
+            f"'warmup_steps: {overrides['warmup_ratio']}' (a float below 1 is a fraction of the phase's steps)"
+        )
     defaults = {**PAPER_PHASES[phase], "trainable": list(DEFAULT_TRAINABLE[phase])}
     return MeraSFTConfig(output_dir=output_dir, **{**defaults, **overrides})
 

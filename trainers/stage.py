@@ -18,6 +18,7 @@ continual learning, `ModalitySpec.task`): then no encoder or connector is added,
 """
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -35,15 +36,19 @@ from . import console
 from .checkpoint import (
     PLUGIN_DIR,
     STAGE_INFO,
+    CheckpointError,
     adapter_format_of,
     is_finished_stage,
     load_plugin_states,
     load_stage,
     load_stage_model,
+    read_stage_info,
     save_stage,
+    verify_stage,
 )
 from .data import ReplayBuffer
 from .distributed import process_state, sharded_launch
+from .evaluation.cost import PeakMemory
 from .methods.mera import mera_plugins
 from .plugins import HOOKS, StageContext, StagePlugin
 from .quantization import check_quantization_available, quantization_config, quantize_llm, restore_full_precision
@@ -57,6 +62,8 @@ from .sft import (
     phase_config,
     unwrap_mera,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def build_feature_processor(spec: ModalitySpec, kind: str):
@@ -259,11 +266,11 @@ def _merge(ctx: StageContext, plugins: list[StagePlugin], finetuned_dir: Path):
 def _resume_merged(ctx: StageContext, finetuned_dir: Path):
     """A killed stage's pre-training, fine-tuning and merge, read back."""
     ctx.model = load_stage_model(finetuned_dir, ctx.processor)
-    finetuned_info = json.loads((finetuned_dir / STAGE_INFO).read_text())
+    finetuned_info = read_stage_info(finetuned_dir)
     ctx.log, ctx.adapter_format = finetuned_info["log"], adapter_format_of(finetuned_info, finetuned_dir / STAGE_INFO)
 
 
-def _save(ctx: StageContext, plugins: list[StagePlugin], output_dir: Path, started: float):
+def _save(ctx: StageContext, plugins: list[StagePlugin], output_dir: Path, started: float, memory: PeakMemory):
     info = {
         "stage": ctx.stage,
         "modality": ctx.modality,
@@ -275,6 +282,7 @@ def _save(ctx: StageContext, plugins: list[StagePlugin], output_dir: Path, start
         "log": ctx.log,
         "train_samples": len(ctx.train_dataset),
         "seconds": round(time.time() - started, 1),
+        **memory.read(),
     }
     save_stage(ctx.model, ctx.processor, ctx.replay, info, output_dir, ctx.adapter_format, plugins)
     if process_state().is_main_process:
@@ -317,7 +325,15 @@ def run_stage(
     new_modality = spec.name not in model.modalities
     if not new_modality:
         _check_plugins(plugins, spec, stage)
-    started = time.time()
+    kept = {index: info["ratio_percent"] for index, info in replay.info.items()}
+    short = {index: ratio for index, ratio in kept.items() if ratio < settings.replay_ratio}
+    if short:
+        raise ValueError(
+            f"stage {stage} draws up to {settings.replay_ratio}% of every earlier stage from the replay buffer, but "
+            f"the checkpoint's buffer keeps less of stage(s) {short} (in %); continue with replay_ratio and "
+            "realign_ratio at most that, or retrain those stages"
+        )
+    started, memory = time.time(), PeakMemory()
 
     if new_modality:
         _add_modality(model, processor, spec, settings)
@@ -332,6 +348,12 @@ def run_stage(
 
     finetuned_dir = work_dir / "finetuned"
     if is_finished_stage(finetuned_dir):
+        try:
+            verify_stage(finetuned_dir)
+        except CheckpointError as error:  # work in progress: train its phases again rather than stop
+            logger.warning(f"{error}; its phases are trained again")
+            shutil.rmtree(finetuned_dir)
+    if is_finished_stage(finetuned_dir):
         _resume_merged(ctx, finetuned_dir)
     else:
         with _timed(ctx, "pretrain"):
@@ -340,5 +362,5 @@ def run_stage(
             _finetune(ctx, plugins)
         _merge(ctx, plugins, finetuned_dir)
     _call(plugins, "after_stage", ctx, timed=True)  # MERA's realign; EWC's Fisher; MR-LoRA's router
-    _save(ctx, plugins, output_dir, started)
+    _save(ctx, plugins, output_dir, started, memory)
     return output_dir

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from modeling_mera import MeraBatch
 from modeling_mera.processing_mera import mera_chat_template
 
+from ..errors import UserError
 from .media import read_media
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -52,11 +53,11 @@ def conversation_from_row(row: dict, where: str) -> list[dict]:
         turns = [("user", row["prompt"]), ("assistant", answer)]
     else:
         missing = [key for key in ("prompt", "answer") if row.get(key) in (None, "", [])]
-        raise ValueError(f"{where}: missing field(s) {missing}; a sample needs {CONVERSATION_FORMATS}")
+        raise UserError(f"{where}: missing field(s) {missing}; a sample needs {CONVERSATION_FORMATS}")
     messages = []
     for index, (role, content) in enumerate(turns):
         if role not in ROLES or not isinstance(content, str):
-            raise ValueError(
+            raise UserError(
                 f"{where}: turn {index + 1} must have a role among {sorted(ROLES)} and text content, got "
                 f"{(role, content)!r}"
             )
@@ -65,7 +66,7 @@ def conversation_from_row(row: dict, where: str) -> list[dict]:
     expected = ["user", "assistant"] * (len(spoken) // 2)
     if not spoken or len(spoken) % 2 or [turn["role"] for turn in spoken] != expected:
         roles = [turn["role"] for turn in messages]
-        raise ValueError(
+        raise UserError(
             f"{where}: a conversation is an optional system turn, then user and assistant turns taking turns, "
             f"starting with the user and ending with the assistant; got the roles {roles}"
         )

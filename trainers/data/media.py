@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UserError
 
-class MediaError(ValueError):
+
+class MediaError(UserError):
     """A media file is missing or cannot be read; the message names the file and the sample."""
 
 

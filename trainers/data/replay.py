@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, concatenate_datasets
 
+from ..errors import UserError, UserFileNotFoundError
+
 REPLAY_INDEX = "replay.json"
 
 
@@ -58,6 +60,32 @@ class ReplayBuffer:
             raise ValueError(f"the replay buffer is empty for stage(s) {stages}")
         return concatenate_datasets(parts)
 
+    def subset(self, ratio_percent: float, seed: int, stages: list[int] | None = None, purpose: int = 0) -> Dataset:
+        """
+        r% of each stage's training data, drawn from that stage's kept samples (default: all stages), seeded by
+        (`seed`, stage, `purpose`) so that replay and realign draw independently of each other. Where r is the
+        buffer's own ratio, the kept samples are returned whole.
+        """
+        stages = sorted(self.stages) if stages is None else stages
+        parts = []
+        for stage in stages:
+            samples, info = self.stages[stage], self.info[stage]
+            count = replay_count(info["of"], ratio_percent)
+            if count > len(samples):
+                raise ValueError(
+                    f"{ratio_percent}% of stage {stage} needs {count} samples but the replay buffer keeps "
+                    f"{len(samples)} ({info['ratio_percent']}% of {info['of']}); the buffer must keep the largest "
+                    "ratio the method asks for"
+                )
+            if count < len(samples):
+                rng = np.random.default_rng([seed, stage, purpose])
+                samples = samples.select(np.sort(rng.choice(len(samples), size=count, replace=False)).tolist())
+            if len(samples):
+                parts.append(samples)
+        if not parts:
+            raise ValueError(f"{ratio_percent}% of stage(s) {stages} holds no sample")
+        return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
     def save(self, directory: str | os.PathLike):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -74,8 +102,27 @@ class ReplayBuffer:
         if not index_file.is_file():
             raise FileNotFoundError(f"no replay buffer in {directory} (expected {REPLAY_INDEX})")
         buffer = cls()
-        for stage, info in json.loads(index_file.read_text()).items():
+        try:
+            index = json.loads(index_file.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise UserError(f"{index_file} is damaged ({error}); the stage must be trained again") from None
+        for stage, info in index.items():
             buffer.info[int(stage)] = info
-            lines = (directory / f"stage-{stage}.jsonl").read_text().splitlines()
-            buffer.stages[int(stage)] = Dataset.from_list([json.loads(line) for line in lines if line.strip()])
+            path = directory / f"stage-{stage}.jsonl"
+            if not path.is_file():
+                raise UserFileNotFoundError(f"{path} is missing: {REPLAY_INDEX} records {info['count']} samples there")
+            samples = []
+            for number, line in enumerate(path.read_text().splitlines(), start=1):
+                if line.strip():
+                    try:
+                        samples.append(json.loads(line))
+                    except json.JSONDecodeError as error:
+                        raise UserError(f"{path}, line {number}: damaged ({error.msg}); cut short?") from None
+            # A file with lines removed would silently shrink the realign set: its count was recorded at save time.
+            if len(samples) != info["count"]:
+                raise UserError(
+                    f"{path} holds {len(samples)} replay samples but {REPLAY_INDEX} records {info['count']}; the file "
+                    "was changed or cut short since the stage was saved"
+                )
+            buffer.stages[int(stage)] = Dataset.from_list(samples)
         return buffer

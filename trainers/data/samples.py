@@ -31,6 +31,7 @@ from typing import Any
 import datasets
 from datasets import Dataset
 
+from ..errors import UserError, UserFileNotFoundError
 from .conversations import conversation_from_row
 from .media import MediaError
 
@@ -50,7 +51,7 @@ def _media_of(row: dict, where: str) -> tuple[str | None, Any]:
     if isinstance(media, list) and len(media) == 1 and isinstance(media[0], str):
         media = media[0]
     elif isinstance(media, list) and all(isinstance(item, str) for item in media):
-        raise ValueError(f"{where}: {len(media)} {key} files; a sample holds zero or one media item")
+        raise UserError(f"{where}: {len(media)} {key} files; a sample holds zero or one media item")
     return modality or key, media
 
 
@@ -59,7 +60,7 @@ def sample_from_row(row: dict, where: str, media_root: Path | None, defaults: di
     given = {key: value for key, value in row.items() if value is not None}
     modality, media = _media_of(given, where)
     if media is None and modality is not None:
-        raise ValueError(
+        raise UserError(
             f"{where}: the row names modality {modality!r} but has no 'media'; a text-only row has neither"
         )
     row = {**defaults, **given}
@@ -69,11 +70,11 @@ def sample_from_row(row: dict, where: str, media_root: Path | None, defaults: di
     else:
         modality = modality or defaults.get("modality")
         if modality in (None, ""):
-            raise ValueError(f"{where}: missing field 'modality'; a sample with media needs its modality")
+            raise UserError(f"{where}: missing field 'modality'; a sample with media needs its modality")
     conversational = bool(given.get("messages") or given.get("conversations"))
     task = row.get("task", "qa" if conversational else "caption")
     if task not in TASKS:
-        raise ValueError(f"{where}: field 'task' must be one of {TASKS}, got {task!r}")
+        raise UserError(f"{where}: field 'task' must be one of {TASKS}, got {task!r}")
     if isinstance(media, str) and media_root is not None and not os.path.isabs(media):
         media = str(media_root / media)
     answer = messages[-1]["content"]
@@ -98,7 +99,7 @@ def read_sample_file(path: Path) -> Dataset:
         return datasets.load_dataset("json", data_files=str(path), split="train")
     except Exception as error:  # datasets wraps the parser's error; its cause says what is wrong
         cause = error.__cause__ or error
-        raise ValueError(
+        raise UserError(
             f"{path}: cannot be read as sample rows, a JSON list or one JSON object per line "
             f"({type(cause).__name__}: {cause})"
         ) from error
@@ -120,11 +121,11 @@ def load_samples(
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(f"sample file not found: {path}")
+            raise UserFileNotFoundError(f"sample file not found: {path}")
         root = Path(media_root) if media_root is not None else path.parent
         raw = read_sample_file(path)
         if not len(raw):
-            raise ValueError(f"{path}: no samples")
+            raise UserError(f"{path}: no samples")
         samples = raw.map(
             lambda row, index: sample_from_row(row, f"{path}, row {index + 1}", root, defaults),
             with_indices=True,
@@ -136,7 +137,7 @@ def load_samples(
         root = Path(media_root) if media_root is not None else None
         rows = [sample_from_row(dict(row), f"dataset, row {i + 1}", root, defaults) for i, row in enumerate(source)]
         if not rows:
-            raise ValueError("dataset: no samples")
+            raise UserError("dataset: no samples")
         samples, name = Dataset.from_list(rows), "dataset"
     # Columns that are empty everywhere (no media: text-only rows) are typed as strings, so that they join others.
     nulls = {key: datasets.Value("string") for key, feature in samples.features.items()

@@ -38,7 +38,7 @@ from .. import console
 from ..data import TASKS, encode_samples
 from ..distributed import process_state
 from .cider_d import CiderD
-from .judges import Judge, get_judge
+from .judges import DEFAULT_MAX_FAILURE_RATE, Judge, check_failure_rate, get_judge
 from .qa_judge import QaJudge
 
 __all__ = ["generate_predictions", "score_predictions", "evaluate_model"]
@@ -129,17 +129,24 @@ def generation_batches(samples: Sequence[dict], batch_size: int) -> list[list[in
     ]
 
 
-def score_predictions(samples: Sequence[dict], predictions: Sequence[str], judge: Judge | str | None = None) -> dict:
+def score_predictions(
+    samples: Sequence[dict],
+    predictions: Sequence[str],
+    judge: Judge | str | None = None,
+    max_judge_failure_rate: float = DEFAULT_MAX_FAILURE_RATE,
+) -> dict:
     """Score predictions per dataset: CIDEr-D x 100 for caption sets, judged accuracy for QA sets.
 
     Args:
         samples: the test samples (each with `dataset`, `task`, `modality`, `prompt`, `answer`).
         predictions: one predicted text per sample.
         judge: a `Judge`, a judge name, or `None` for the default (`gpt` with `OPENAI_API_KEY`, else `match`).
+        max_judge_failure_rate: the share of a QA set's verdicts that may fail; above it, every set is scored
+            and then `JudgeFailureError` reports them all (see `trainers.evaluation.judges.check_failure_rate`).
 
     Returns:
         `{"scores": {dataset: score}, "datasets": {dataset: details}}`; the details hold the modality, task, metric,
-        number of samples and, for QA sets, the judge and its failures.
+        number of samples and, for QA sets, the judge and its failures (`num_failures`, `num_judged`).
     """
     samples = list(samples)
     if len(samples) != len(predictions):
@@ -151,7 +158,7 @@ def score_predictions(samples: Sequence[dict], predictions: Sequence[str], judge
     if judge is None or isinstance(judge, str):
         judge = get_judge(judge) if any(s["task"] == "qa" for s in samples) else None
 
-    scores, details = {}, {}
+    scores, details, judged = {}, {}, {}
     for dataset, indices in groups.items():
         tasks = {samples[i]["task"] for i in indices}
         modalities = {samples[i]["modality"] for i in indices if samples[i].get("media") is not None} or {None}
@@ -173,10 +180,12 @@ def score_predictions(samples: Sequence[dict], predictions: Sequence[str], judge
             qa = QaJudge(keep_in_memory=True).compute(
                 predictions=dataset_predictions, references=answers, questions=questions, judge=judge
             )
+            judged[dataset] = dict(qa)
             per_sample = qa.pop("verdicts")
             result = {"metric": "accuracy", **qa, "score": qa["accuracy"]}
         details[dataset] = {"modality": modalities.pop(), "task": task, **result, "per_sample": per_sample}
         scores[dataset] = result["score"]
+    check_failure_rate(judged, max_judge_failure_rate)
     return {"scores": scores, "datasets": details}
 
 
@@ -189,13 +198,16 @@ def evaluate_model(
     max_new_tokens: int = 32,
     output_file: str | os.PathLike | None = None,
     progress: bool = True,
+    max_judge_failure_rate: float = DEFAULT_MAX_FAILURE_RATE,
     **generate_kwargs,
 ) -> dict:
     """Generate an answer for every sample, score every dataset, and optionally write it all to `output_file`.
 
     Returns `{"scores": {dataset: score}, "datasets": {...}, "predictions": [{"id", "dataset", "prediction",
     "answer"}, ...]}`, plus `"routing"` for a model that routes inputs to experts (MR-LoRA's `routing_summary`:
-    router accuracy, fallbacks, experts chosen). The JSON file is written atomically (temp file, then rename).
+    router accuracy, fallbacks, experts chosen). The JSON file is written atomically (temp file, then rename), and
+    only when the scores are kept: a judge that failed on more than `max_judge_failure_rate` of a QA set raises
+    `JudgeFailureError` instead, so a rerun judges again.
 
     Under several processes, generation is split across them (see `generate_predictions`), the main process scores
     and writes the file, and every process returns the same result.
@@ -212,7 +224,9 @@ def evaluate_model(
     outcome = [None]
     if state.is_main_process:
         try:
-            outcome[0] = _scored_result(model, samples, predictions, judge, output_file, batch_size)
+            outcome[0] = _scored_result(
+                model, samples, predictions, judge, output_file, batch_size, max_judge_failure_rate
+            )
         except Exception as error:  # shared, so that no process waits forever for a result that never comes
             outcome[0] = error
     if state.num_processes > 1:
@@ -222,8 +236,10 @@ def evaluate_model(
     return outcome[0]
 
 
-def _scored_result(model, samples: list[dict], predictions: list[str], judge, output_file, batch_size: int) -> dict:
-    result = score_predictions(samples, predictions, judge)
+def _scored_result(
+    model, samples: list[dict], predictions: list[str], judge, output_file, batch_size: int, max_judge_failure_rate
+) -> dict:
+    result = score_predictions(samples, predictions, judge, max_judge_failure_rate)
     if hasattr(model, "routing_summary"):
         # The routing log's order: each process's batches in turn (as gathered), each batch's samples in order.
         batches, processes = generation_batches(samples, batch_size), process_state().num_processes

@@ -4,7 +4,10 @@ Two judges are registered:
 
 - `gpt`: an LLM judge through any OpenAI-compatible server, with the paper's prompt (a yes/no verdict and a 0-5
   score, returned as a Python-dict-like string). Replies that cannot be parsed are retried, then counted as judge
-  failures, which are reported apart from "no" verdicts. Verdicts are cached on disk, so re-scoring costs nothing.
+  failures, which are reported apart from "no" verdicts; so is a request that fails (server errors, time-outs,
+  a reply that is not a chat completion, such as an HTML page with status 200). Successful verdicts are cached on
+  disk under a key that covers everything that can change a verdict (model, server, temperature, prompts,
+  question, reference, prediction), so re-scoring costs nothing; failures are never cached.
 - `match`: an offline judge, normalised exact or contained match ("Two dogs." == "2 dogs"). It is the default when
   no `OPENAI_API_KEY` is set.
 
@@ -22,9 +25,11 @@ Example:
 
 import ast
 import hashlib
+import inspect
 import json
 import os
 import re
+import string
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -34,7 +39,25 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-__all__ = ["Verdict", "Judge", "MatchJudge", "GPTJudge", "JUDGES", "get_judge", "score_qa"]
+from ..errors import UserError
+
+__all__ = [
+    "Verdict",
+    "Judge",
+    "MatchJudge",
+    "GPTJudge",
+    "JUDGES",
+    "get_judge",
+    "score_qa",
+    "DEFAULT_MAX_FAILURE_RATE",
+    "JudgeFailureError",
+    "check_failure_rate",
+    "judge_failures",
+    "format_judge_failures",
+]
+
+DEFAULT_MAX_FAILURE_RATE = 0.05
+"""The share of failed verdicts a QA test set may have before its score is refused (see `check_failure_rate`)."""
 
 Answer = str | Sequence[str]
 
@@ -165,6 +188,26 @@ JUDGE_USER_PROMPT = (
     "in INTEGER, not STRING. DO NOT PROVIDE ANY OTHER OUTPUT TEXT OR EXPLANATION. Only provide the Python "
     "dictionary string. For example, your response should look like this: {{'pred': 'yes', 'score': 4}}."
 )
+PROMPT_FIELDS = ("question", "answer", "prediction")
+
+
+def check_user_prompt(user_prompt: str) -> str:
+    """A judge's user prompt is a `str.format` template of {question}, {answer} and {prediction}."""
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(user_prompt) if name is not None}
+    except ValueError as error:
+        raise ValueError(
+            f"user_prompt is not a valid format template ({error}); write literal braces as {{{{ }}}}"
+        ) from None
+    unknown, missing = sorted(fields - set(PROMPT_FIELDS)), [f for f in ("answer", "prediction") if f not in fields]
+    if unknown or missing:
+        raise ValueError(
+            f"user_prompt may use the fields {{question}}, {{answer}}, {{prediction}} and must use {{answer}} and "
+            f"{{prediction}}; it has unknown {unknown} and lacks {missing} (write literal braces as {{{{ }}}})"
+        )
+    return user_prompt
+
+
 _DICT_IN_REPLY = re.compile(r"\{.*?\}", re.DOTALL)
 
 
@@ -216,12 +259,27 @@ class VerdictCache:
                         continue
 
     @staticmethod
-    def key(model: str, system_prompt: str, user_prompt: str, question: str, answer: str, prediction: str) -> str:
-        payload = json.dumps([model, system_prompt, user_prompt, question, answer, prediction], ensure_ascii=False)
+    def key(
+        model: str,
+        base_url: str,
+        temperature: float,
+        system_prompt: str,
+        user_prompt: str,
+        question: str,
+        answer: str,
+        prediction: str,
+    ) -> str:
+        """A hash of everything that can change a verdict: who judges (model, server, temperature) and what."""
+        fields = [model, base_url, float(temperature), system_prompt, user_prompt, question, answer, prediction]
+        payload = json.dumps(fields, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
     def get(self, key: str) -> dict | None:
-        return self._entries.get(key)
+        entry = self._entries.get(key)
+        # Only successful verdicts are written; anything else in the file (e.g. from an older version) is ignored.
+        if entry is None or not isinstance(entry.get("correct"), bool) or entry.get("score") is None:
+            return None
+        return entry
 
     def put(self, key: str, reply: str, correct: bool, score: float) -> None:
         entry = {"key": key, "reply": reply, "correct": correct, "score": score}
@@ -233,6 +291,19 @@ class VerdictCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _reply_text(response) -> str:
+    """The text of a chat completion; `ValueError` for anything else (e.g. the text of an HTML page, which the
+    `openai` client returns as a plain string when the server answers 200 with a non-JSON body)."""
+    choices = getattr(response, "choices", None)
+    if not choices:
+        shown = str(response)[:200]
+        raise ValueError(f"the judge server's answer is not a chat completion: {shown!r}")
+    content = getattr(getattr(choices[0], "message", None), "content", None)
+    if not isinstance(content, str):
+        raise ValueError(f"the judge server's answer holds no message text: {str(choices[0])[:200]!r}")
+    return content
 
 
 class GPTJudge(Judge):
@@ -252,6 +323,8 @@ class GPTJudge(Judge):
         timeout: seconds per request.
         client_max_retries: the `openai` client's own retries on connection errors, 429 and 5xx.
         progress: show a progress bar in `judge_many`.
+        system_prompt, user_prompt: the judge's instructions and the per-sample template (with {question},
+            {answer}, {prediction}); the paper's by default.
     """
 
     name = "gpt"
@@ -269,7 +342,10 @@ class GPTJudge(Judge):
         timeout: float = 60.0,
         client_max_retries: int = 3,
         progress: bool = True,
+        system_prompt: str = JUDGE_SYSTEM_PROMPT,
+        user_prompt: str = JUDGE_USER_PROMPT,
     ):
+        self.system_prompt, self.user_prompt = system_prompt, check_user_prompt(user_prompt)
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}.")
         if concurrency < 1:
@@ -297,8 +373,17 @@ class GPTJudge(Judge):
 
     def judge(self, question: str, answer: Answer, prediction: str) -> Verdict:
         answer_text = " / ".join(_as_answer_list(answer))
-        user_prompt = JUDGE_USER_PROMPT.format(question=question, answer=answer_text, prediction=prediction)
-        key = VerdictCache.key(self.model, JUDGE_SYSTEM_PROMPT, user_prompt, question, answer_text, prediction)
+        user_prompt = self.user_prompt.format(question=question, answer=answer_text, prediction=prediction)
+        key = VerdictCache.key(
+            self.model,
+            str(self.client.base_url),
+            self.temperature,
+            self.system_prompt,
+            user_prompt,
+            question,
+            answer_text,
+            prediction,
+        )
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return Verdict(hit["correct"], self.description, hit["score"], reply=hit["reply"], cached=True)
 
@@ -308,18 +393,20 @@ class GPTJudge(Judge):
                 response = self.client.chat.completions.create(
                     model=self.model,
                     messages=[
-                        {"role": "system", "content": JUDGE_SYSTEM_PROMPT},
+                        {"role": "system", "content": self.system_prompt},
                         {"role": "user", "content": user_prompt},
                     ],
                     temperature=self.temperature,
                 )
             except (self._openai.AuthenticationError, self._openai.PermissionDeniedError, self._openai.NotFoundError):
                 raise  # a wrong key, model or URL fails every sample: stop instead of reporting failures
-            except self._openai.OpenAIError as request_error:
-                # The client has already retried transport errors; count this sample as a failure.
-                return Verdict(None, self.description, failed=True, error=f"request failed: {request_error}")
-            reply = response.choices[0].message.content if response.choices else None
+            except Exception as request_error:  # noqa: BLE001 - the HTTP boundary: anything here is a failed request
+                # The client has already retried transport errors and 5xx answers. A server that answers 200 with a
+                # body that is not JSON (an HTML error page) raises a decoding error here: a failure too.
+                error = f"request failed: {type(request_error).__name__}: {request_error}"
+                return Verdict(None, self.description, failed=True, error=error)
             try:
+                reply = _reply_text(response)
                 correct, score = parse_judge_reply(reply)
             except ValueError as parse_error:
                 error = str(parse_error)
@@ -355,6 +442,24 @@ def get_judge(name: str | None = None, **kwargs) -> Judge:
     return JUDGES[name](**kwargs)
 
 
+def check_judge_args(name: str | None, judge_args: dict | None) -> None:
+    """Refuse `judge_args` the judge `name` does not take (before anything runs), and any API key: keys come from
+    the environment (`OPENAI_API_KEY`), never from a config file."""
+    if not judge_args:
+        return
+    if not isinstance(judge_args, dict):
+        raise ValueError(f"judge_args must be a mapping of judge settings, got {judge_args!r}")
+    if "api_key" in judge_args:
+        raise ValueError("judge_args: an API key does not belong in a config file; set OPENAI_API_KEY instead")
+    classes = [JUDGES[name]] if name in JUDGES else list(JUDGES.values())  # None / "auto": either may run
+    accepted = set.union(*(set(inspect.signature(cls.__init__).parameters) - {"self", "api_key"} for cls in classes))
+    unknown = sorted(set(judge_args) - accepted)
+    if unknown:
+        raise ValueError(f"judge_args {unknown} are not settings of the {name!r} judge; it takes {sorted(accepted)}")
+    if "user_prompt" in judge_args:
+        check_user_prompt(judge_args["user_prompt"])
+
+
 def score_qa(judge: Judge, questions: Sequence[str], answers: Sequence[Answer], predictions: Sequence[str]) -> dict:
     """Judge a QA test set. Accuracy is the fraction of "yes" among the samples the judge could decide.
 
@@ -374,3 +479,62 @@ def score_qa(judge: Judge, questions: Sequence[str], answers: Sequence[Answer], 
         "num_failures": len(verdicts) - len(judged),
         "verdicts": [verdict.to_dict() for verdict in verdicts],
     }
+
+
+class JudgeFailureError(UserError):
+    """Too many verdicts of a run failed (server errors, outage, unparsable replies) for its scores to be kept.
+
+    Nothing is cached for the failed samples: once the judge works again, running the same command judges them.
+    """
+
+
+def failure_rate(result: dict) -> float:
+    """The share of a `score_qa` result's samples whose verdict failed."""
+    return result["num_failures"] / result["num_samples"] if result["num_samples"] else 0.0
+
+
+def check_failure_rate(results: dict[str, dict], max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE) -> None:
+    """
+    Raise `JudgeFailureError` when any test set's share of failed verdicts exceeds `max_failure_rate`.
+
+    `results` maps a test set's name to its `score_qa` result (as `trainers.evaluation.score_predictions` records
+    it). The message lists every test set, so that what could be scored is reported too.
+    """
+    if not 0 <= max_failure_rate <= 1:
+        raise UserError(f"max_judge_failure_rate must be a fraction in [0, 1], got {max_failure_rate}")
+    over = {name: result for name, result in results.items() if failure_rate(result) > max_failure_rate}
+    if not over:
+        return
+    lines = []
+    for name, result in results.items():
+        accuracy = "no verdict" if result.get("accuracy") is None else f"accuracy {result['accuracy']:.4f}"
+        errors = sorted({v.get("error") or "" for v in result.get("verdicts") or [] if v.get("failed")})
+        example = f"; e.g. {errors[0][:160]}" if errors else ""
+        lines.append(
+            f"  {name}: {result['num_failures']} of {result['num_samples']} verdicts failed "
+            f"({failure_rate(result):.0%}), {accuracy} over the rest{example}"
+        )
+    judge = next(iter(over.values())).get("judge", "the judge")
+    raise JudgeFailureError(
+        f"judge {judge} failed on more than {max_failure_rate:.0%} of a test set's samples, so its scores are not "
+        "recorded:\n" + "\n".join(lines) + "\nFix the judge (server, model, key) and run the same command again: "
+        "failed verdicts are not cached, successful ones are (set max_judge_failure_rate to accept more failures)."
+    )
+
+
+def judge_failures(result: dict) -> dict[str, dict]:
+    """The QA test sets of an evaluation result (`evaluate_model`, or its JSON file) with failed verdicts:
+    `{dataset: {"judge", "failed", "samples"}}`, empty when every verdict was given."""
+    return {
+        dataset: {"judge": detail.get("judge"), "failed": detail["num_failures"], "samples": detail["num_samples"]}
+        for dataset, detail in result.get("datasets", {}).items()
+        if detail.get("num_failures")
+    }
+
+
+def format_judge_failures(failures: dict[str, dict]) -> str:
+    """One line a person reads: which test sets lost how many verdicts (or that none was lost)."""
+    if not failures:
+        return "judge failures: none (every QA sample got a verdict)"
+    parts = [f"{dataset} {entry['failed']}/{entry['samples']}" for dataset, entry in failures.items()]
+    return "judge failures (left out of the accuracy): " + ", ".join(parts)

@@ -477,8 +477,6 @@ def format_report(summaries: Sequence[dict], compare_only: bool = False) -> str:
         method_width = max(8, *(len(s["method"]) + 2 for s in summaries))
         columns = ["BwRG mean", "BwRG std", "FwRG mean", "FwRG std", "final avg", "avg stages", "BWT", "forgetting"]
         lines = [f"{'method':<{method_width}}" + "".join(f"{c:>12}" for c in columns)]
-        if any(s.get("smoke_test") for s in summaries):
-            lines.insert(0, SMOKE_TEST_NOTE.upper())
         for s in summaries:
             values = [s["backward_mean"], s["backward_std"], s["forward_mean"], s["forward_std"]]
             accuracy = s["accuracy_matrix"]
@@ -487,7 +485,10 @@ def format_report(summaries: Sequence[dict], compare_only: bool = False) -> str:
         experts = {s["accuracy_matrix"]["expert_average"] for s in summaries} - {None}
         if len(experts) == 1:
             lines.append(f"{'experts':<{method_width}}" + " " * 48 + _fmt(experts.pop(), 12))
-        blocks.append("(comparison: accuracy columns in the test sets' own units)\n" + "\n".join(lines))
+        lines.insert(0, "(comparison: accuracy columns in the test sets' own units)")
+        if any(s.get("smoke_test") for s in summaries):
+            lines.insert(0, SMOKE_TEST_NOTE.upper())
+        blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
 

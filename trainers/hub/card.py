@@ -11,10 +11,11 @@ import sysconfig
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from huggingface_hub.utils import validate_repo_id
 
 from ..checkpoint import REPLAY_DIR, STAGE_INFO, is_finished_stage
+from ..evaluation.judges import format_judge_failures, judge_failures
 from ..evaluation.metrics import ScoreMatrix, relative_gain_matrix, summarize
+from ..safety import public_name
 
 CARD_TEMPLATE_NAME = "model_card.md"
 PIPELINE_TAGS = {
@@ -137,7 +138,7 @@ def _modalities_table(config, stage_of: dict[str, int]) -> str:
     rows = []
     for name, modality in config.modalities.items():
         encoder = config.modality(name).encoder
-        source = getattr(encoder, "_name_or_path", "") or encoder.model_type
+        source = public_name(getattr(encoder, "_name_or_path", "")) or encoder.model_type
         rows.append(
             [
                 stage_of.get(name, "–"),
@@ -155,7 +156,7 @@ def _modalities_table(config, stage_of: dict[str, int]) -> str:
 
 def _training_setup(run_config: dict, info: dict, method: str) -> str:
     settings = info.get("settings", {})
-    language_model = run_config.get("language_model") or "–"
+    language_model = public_name(run_config.get("language_model")) or "a local checkpoint"
     plugins = ", ".join(f"`{name}`" for name in info.get("plugins", [])) or "none"
     lines = [
         f"- Language model: `{language_model}` (dtype {run_config.get('dtype', 'float32')}); encoders are frozen.",
@@ -201,7 +202,12 @@ def _training_setup(run_config: dict, info: dict, method: str) -> str:
 
 
 def _results(
-    scores: dict | None, matrix: ScoreMatrix | None, metrics: dict[str, str], stage: int, judge: str | None
+    scores: dict | None,
+    matrix: ScoreMatrix | None,
+    metrics: dict[str, str],
+    stage: int,
+    judge: str | None,
+    failures: dict[str, dict] | None = None,
 ) -> str:
     if scores is None:
         return (
@@ -247,6 +253,7 @@ def _results(
         f"Captions are scored with CIDEr-D x 100, questions with judged accuracy (judge: `{judge or 'match'}`). "
         "`scores.json` on this branch holds the score matrix; `mera metrics scores.json` prints its tables."
     )
+    blocks.append(f"After stage {stage}, {format_judge_failures(failures or {})}.")
     return "\n\n".join(blocks)
 
 
@@ -289,16 +296,6 @@ def _eval_results(
     return results
 
 
-def _is_hub_id(name: str) -> bool:
-    if not name or Path(name).exists() or name.startswith((".", "/", "~")):
-        return False
-    try:
-        validate_repo_id(name)
-    except ValueError:
-        return False
-    return True
-
-
 def _stage_files(stage_dir: Path, include_replay: bool) -> dict[str, Path]:
     """The files of a stage folder to publish, by their path in the repo (hidden files and replay/ left out)."""
     files = {}
@@ -332,10 +329,11 @@ def render_model_card(
     run_config = _read_json(run_dir / "run_config.json") or {}
     config = MeraConfig.from_pretrained(stage_dir)
     scores = stage_score_matrix(run_dir, stage)
-    metrics = {}
+    metrics, failures = {}, {}
     if scores is not None:
         evaluation = json.loads((run_dir / "eval" / f"stage-{stage}.json").read_text())
         metrics = {dataset: detail.get("metric") for dataset, detail in evaluation["datasets"].items()}
+        failures = judge_failures(evaluation)
     matrix = _complete_matrix(scores, str(run_dir / "eval"))
     method = run_config.get("method") or (scores or {}).get("method") or "+".join(info.get("plugins", []))
     factory = METHODS.get(method)
@@ -362,7 +360,7 @@ def render_model_card(
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag=PIPELINE_TAGS.get(kinds[modality]) if len(set(kinds.values())) == 1 else "any-to-any",
-        base_model=language_model if _is_hub_id(language_model) else None,
+        base_model=public_name(language_model) or None,
         tags=["mera-mcl", "continual-learning", "modality-incremental", "multimodal", "custom_code", method, *kinds]
         + (["smoke-test"] if run_config.get("smoke_test") else []),
         model_name=f"{repo_name} (stage {stage})",
@@ -383,7 +381,7 @@ def render_model_card(
         example_prompt=f"{config.modalities[modality]['placeholder']} Describe the {modality.replace('_', ' ')}.",
         modalities_table=_modalities_table(config, {name: i + 1 for i, name in enumerate(info["modalities"])}),
         training_setup=_training_setup(run_config, info, method),
-        results=_results(scores, matrix, metrics, stage, run_config.get("judge")),
+        results=_results(scores, matrix, metrics, stage, run_config.get("judge"), failures),
         files=files,
         smoke_test=bool(run_config.get("smoke_test")),
     )

@@ -11,7 +11,9 @@ model card: `trainers.hub.card`).
 
 A stage branch starts from the previous stage's branch, so its history follows the training. Each push commits the
 stage folder as it is (files the folder no longer holds are deleted from the branch), through `HfApi.create_commit`;
-the Hub skips files whose content did not change.
+the Hub skips files whose content did not change. A stage's branch points at that stage's commit or does not exist:
+a branch created for a commit that then fails is deleted, and every commit is verified (the branch's files against
+the stage's hashes) once it landed.
 
 What is not published:
 - `replay/`, the stage's replay samples. They are rows of the training sets (captions, questions, answers) with the
@@ -23,8 +25,11 @@ What is not published:
 - `eval/` predictions: the card and scores.json carry the scores.
 
 Guard (like open-r1's `check_hub_revision_exists`): a stage branch that already holds other weights is never
-overwritten unless `force=True`; the same weights with a newer card or scores are updated. Every push is recorded in
-the run folder (`pushed.json`), so pushing a run again pushes only what is missing or changed.
+overwritten unless `force=True`; the same weights with a newer card or scores are updated. The check compares the
+branch's content with the local stage (file hashes); a branch holding another stage of the same run (left by a push
+whose commit failed and whose branch could not be deleted, e.g. during an outage) is overwritten. Every push is
+recorded in the run folder (`pushed.json`): a branch whose head is still the recorded commit of the same files is
+skipped, everything else is pushed, so `mera push` after any partial failure converges.
 
 Failures: transient errors (connection errors, HTTP 408/429/5xx) are retried with exponential backoff; nothing in the
 run folder is ever modified except `pushed.json`. Tokens are handled by huggingface_hub (`HF_TOKEN`, `hf auth login`,
@@ -208,28 +213,98 @@ def _differing_weights(upload: StageUpload, remote: dict[str, object]) -> list[s
     return differing
 
 
+def _blob_matches(entry, local_sha256: str, content: Path | bytes) -> bool:
+    """Whether a file of the branch (a tree entry) has the content of a local file."""
+    if getattr(entry, "lfs", None) is not None:
+        return entry.lfs.sha256 == local_sha256
+    return entry.blob_id == _git_blob_id(content)
+
+
+def _stage_holding(remote: dict[str, object], run_dir: Path) -> int | None:
+    """The stage of the local run whose `stage.json` the branch holds (a leftover of a push that failed after
+    its branch was created from that stage), or `None`."""
+    entry = remote.get(STAGE_INFO)
+    if entry is None:
+        return None
+    for stage in finished_stages(run_dir):
+        if entry.blob_id == _git_blob_id(run_dir / f"stage-{stage}" / STAGE_INFO):
+            return stage
+    return None
+
+
+def _check_branch_content(upload: StageUpload, remote: dict[str, object], force: bool, repo_id: str) -> str:
+    """
+    Compare what the branch holds with the local stage; returns the commit message to use. A branch that holds
+    other weights is refused (unless `force`), except when what it holds is another stage of this same run: then
+    an earlier push created it and failed before its commit, and it is overwritten.
+    """
+    differing = _differing_weights(upload, remote)
+    if not differing:
+        return f"Update {upload.branch}: same weights" if remote else upload.commit_message
+    if not any(path.endswith(WEIGHT_SUFFIXES) for path in remote):
+        return upload.commit_message
+    leftover = _stage_holding(remote, upload.stage_dir.parent)
+    if leftover is not None and leftover != upload.stage:
+        return f"{upload.commit_message} (the branch held stage {leftover} after an interrupted push)"
+    if not force:
+        raise HubRevisionExistsError(
+            f"{repo_id}@{upload.branch} already holds a different checkpoint ({', '.join(differing)} differ from "
+            f"{upload.stage_dir}); pass --force (force=True) to overwrite it, or push to another repo"
+        )
+    return f"{upload.commit_message}, overwriting other weights"
+
+
+def _verify_branch(api: HfApi, repo_id: str, upload: StageUpload, commit: str):
+    """After the commit: the branch holds exactly the upload's files, with their content."""
+    remote = _remote_files(api, repo_id, commit)
+    local = upload.fingerprint()
+    wrong = sorted(
+        path
+        for path in (set(remote) | set(local)) - KEPT_REMOTE_FILES
+        if path not in remote or path not in local or not _blob_matches(remote[path], local[path], upload.files[path])
+    )
+    if wrong:
+        raise HubPushError(
+            f"{repo_id}@{upload.branch} does not hold {upload.stage_dir} after commit {commit}: {wrong[:10]} differ"
+        )
+
+
+def _delete_branch(api: HfApi, repo_id: str, branch: str):
+    """Remove a branch this push created, whose commit failed: it would hold another stage's files."""
+    try:
+        api.delete_branch(repo_id, branch=branch)
+    except Exception as error:  # the Hub may still be down; the next push recognises the leftover by its content
+        logger.warning(f"could not delete {repo_id}@{branch} after its failed commit: {type(error).__name__}: {error}")
+
+
 def _push_branch(api: HfApi, repo_id: str, upload: StageUpload, force: bool, starting_point: str | None) -> str:
-    """One commit that makes `upload.branch` hold exactly the upload's files; returns the commit id."""
+    """
+    One commit that makes `upload.branch` hold exactly the upload's files, verified afterwards; returns its id.
+
+    The branch points at this stage's commit or does not exist: a branch this call creates (at the head of
+    `starting_point`, so that the history follows the training) is deleted again when its commit fails.
+    """
     heads = {ref.name: ref.target_commit for ref in api.list_repo_refs(repo_id).branches}
-    start = starting_point if starting_point in heads else "main"
-    message = upload.commit_message
-    if upload.branch not in heads:
-        api.create_branch(repo_id, branch=upload.branch, revision=start, exist_ok=True)
+    created = upload.branch not in heads
+    if created:
+        start = starting_point if starting_point in heads else "main"
+        api.create_branch(repo_id, branch=upload.branch, revision=heads[start])
+        message = upload.commit_message
     remote = _remote_files(api, repo_id, upload.branch)
-    # A branch still at its starting point was created by a push whose commit failed: it holds no stage of its own.
-    inherited = heads.get(upload.branch) == heads.get(start)
-    holds_weights = any(path.endswith(WEIGHT_SUFFIXES) for path in remote)
-    if upload.branch in heads and upload.branch != "main" and holds_weights and not inherited:
-        differing = _differing_weights(upload, remote)
-        if differing and not force:
-            raise HubRevisionExistsError(
-                f"{repo_id}@{upload.branch} already holds a different checkpoint ({', '.join(differing)} differ from "
-                f"{upload.stage_dir}); pass --force (force=True) to overwrite it, or push to another repo"
-            )
-        message = f"{message}, overwriting other weights" if differing else f"Update {upload.branch}: same weights"
+    if not created:
+        message = upload.commit_message
+        if upload.branch != "main":
+            message = _check_branch_content(upload, remote, force, repo_id)
     stale = sorted(set(remote) - set(upload.files) - KEPT_REMOTE_FILES)
     operations = upload.operations() + [CommitOperationDelete(path_in_repo=path) for path in stale]
-    return api.create_commit(repo_id, operations, commit_message=message, revision=upload.branch).oid
+    try:
+        commit = api.create_commit(repo_id, operations, commit_message=message, revision=upload.branch).oid
+    except Exception:
+        if created:
+            _delete_branch(api, repo_id, upload.branch)
+        raise
+    _verify_branch(api, repo_id, upload, commit)
+    return commit
 
 
 def read_push_record(run_dir: str | os.PathLike) -> dict:
@@ -294,20 +369,27 @@ def push_run(
     main = uploads[latest].on_branch("main", f"main follows stage-{latest}")
     plan = [uploads[stage] for stage in stages] + [main]
 
-    todo = [upload for upload in plan if force or pushed.get(upload.branch, {}).get("files") != upload.fingerprint()]
     results = {
         upload.branch: {"branch": upload.branch, "stage": upload.stage, "status": "unchanged"} for upload in plan
     }
-    if not todo:
-        return list(results.values())
     api = api or HfApi(token=token)
     create = partial(api.create_repo, repo_id, private=private, exist_ok=True)
     failures = []
     try:
         _with_retries(create, f"creating {repo_id}", retries, backoff)
+        heads = _with_retries(partial(api.list_repo_refs, repo_id), f"listing {repo_id}'s branches", retries, backoff)
+        heads = {ref.name: ref.target_commit for ref in heads.branches}
     except Exception as error:
         failures.append(f"the repo ({type(error).__name__}: {error})")
-        todo = []
+        plan = []
+
+    def already_there(upload: StageUpload) -> bool:
+        """Recorded with the same files, and the branch still points at the recorded commit (commit ids name
+        their content)."""
+        entry = pushed.get(upload.branch, {})
+        return entry.get("files") == upload.fingerprint() and heads.get(upload.branch) == entry.get("commit")
+
+    todo = [upload for upload in plan if force or not already_there(upload)]
     for upload in todo:
         starting_point = f"stage-{upload.stage - 1}" if upload.branch != "main" else None
         push = partial(_push_branch, api, repo_id, upload, force, starting_point)

@@ -36,7 +36,13 @@ from . import eproj, ewc, fine_tuning, mr_lora, pathweave, replay  # noqa: F401 
 from .mera import RealignPlugin, mera_plugins
 from .registry import METHOD_ARGUMENTS, METHODS, method_args, register_method
 
-__all__ = ["METHODS", "get_method_plugins", "mera_plugins", "register_method"]
+__all__ = [
+    "METHODS",
+    "check_method_settings",
+    "get_method_plugins",
+    "mera_plugins",
+    "register_method",
+]
 
 
 def get_method_plugins(name: str, config=None) -> list:
@@ -61,3 +67,24 @@ def get_method_plugins(name: str, config=None) -> list:
             raise ValueError(f"method {name!r} already realigns (with replay_ratio); leave realign_ratio unset")
         plugins.append(RealignPlugin(realign_ratio=realign_ratio))
     return plugins
+
+
+def check_method_settings(config) -> list:
+    """
+    Validate the method settings of a run config before anything is written or trained, and return its plug-ins:
+    the method name, its `method_args` (names and values), `realign_ratio` after that method, and the replay ratios.
+    Raises a `ValueError` that names the field. The run and `--dry_run` call it.
+    """
+    for field_name in ("replay_ratio", "realign_ratio"):
+        value = getattr(config, field_name, None)
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is not None and (not is_number or not 0 < value <= 100):
+            raise ValueError(f"{field_name} must be a percentage in (0, 100], got {value!r}")
+    args = getattr(config, "method_args", None)
+    if args is not None and not isinstance(args, dict):
+        raise ValueError(f"method_args must be a mapping of setting names to values, got {args!r}")
+    method = getattr(config, "method", "mera")
+    try:
+        return get_method_plugins(method, config)
+    except TypeError as error:  # a plug-in's constructor refused a value's type
+        raise ValueError(f"method_args {args} of method {method!r}: {error}") from None

@@ -23,6 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ...safety import confined_path
 from ..media import MediaError
 
 DEFAULT_QA_INSTRUCTION = "Answer the question using a single word or phrase."
@@ -284,6 +285,7 @@ def write_plan(
     """
     test_size = _resolve_size(test_size, plan.default_test_size, "test size")
     train_size = _resolve_size(train_size, plan.default_train_size, "train size")
+    confined_path(out, name, what="output name")  # `--name ../../x` must not write outside `--out`
     folder = Path(out) / name
     folder.mkdir(parents=True, exist_ok=True)
     check = _MediaCheck(skip_missing_media)
