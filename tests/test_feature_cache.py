@@ -103,7 +103,7 @@ def _train(tmp_path, samples, feature_cache_dir):
         per_device_train_batch_size=4,
         num_train_epochs=3,
         learning_rate=5e-3,
-        warmup_ratio=0.0,
+        warmup_steps=0,
         seed=0,
         disable_tqdm=True,
         trainable=["connectors"],
