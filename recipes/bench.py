@@ -28,6 +28,12 @@ def _add_arguments(parser: argparse.ArgumentParser):
         "--repetitions", type=int, default=None, help="interleaved repetitions (default: bench.repetitions)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the benchmark, the language model and training")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's dense peak TFLOP/s for the LoRA step's MFU (default: known for H100/H200/A100 in bf16)",
+    )
 
 
 def make_parser(subparsers=None, prog: str | None = None) -> argparse.ArgumentParser:
@@ -72,6 +78,7 @@ def main(args: argparse.Namespace) -> int:
         repetitions=repetitions,
         test_limit=bench.get("test_limit", 8),
         new_tokens=int(bench.get("new_tokens", 8)),
+        peak_tflops=args.peak_tflops,
     )
     print(format_bench(result))
     print(f"\nwrote {out / 'bench.json'} and {out / 'bench.png'} in {result['seconds']['wall']} s")

@@ -80,3 +80,25 @@ def test_a_fresh_trainer_skips_the_idle_full_garbage_collection(tmp_path, monkey
     assert collections == [], "Trainer.train()'s free_memory on an idle CPU accelerator collects nothing"
     trainer.accelerator.free_memory(object())  # objects to release: accelerate's own path, with its collection
     assert len(collections) == 1
+
+
+def test_lora_step_flops_and_mfu(tmp_path):
+    """The LoRA step's FLOPs as torch's FlopCounterMode counts them: at least the forward's 2 x weights x tokens of
+    the LLM's linear layers, at most the 6 x of full training (LoRA skips the frozen weights' gradients; measured 3.8 x here)."""
+    from trainers.bench import bench_lora_step, device_peak_tflops
+
+    model = build_tiny_model(("image",))
+    processor = tiny_processor(model)
+    samples = list(load_samples(toy_samples(tmp_path, "image", 4)))
+    settings = StageSettings(lora_r=4, lora_alpha=8)
+    result = bench_lora_step(model, processor, samples, settings, repetitions=1, batch_size=4, peak_tflops=2.0)
+    linear_weights = sum(
+        module.weight.numel()
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and not name.startswith(("encoders", "connectors"))
+    )
+    tokens = result["batch"] * MeraDataCollator(processor)(samples[:4])["input_ids"].shape[1]
+    assert 2 * linear_weights * tokens <= result["flops_per_step"] <= 6 * linear_weights * tokens
+    assert result["mfu"]["median"] == pytest.approx(result["achieved_tflops"]["median"] / 2.0)
+    assert device_peak_tflops("NVIDIA H200") == 989.0 and device_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert device_peak_tflops("Tesla T4") is None and device_peak_tflops(None) is None

@@ -61,11 +61,11 @@ def test_killed_continual_run_resumes_without_retraining_finished_stages(tmp_pat
     log = tmp_path / "stderr.log"  # a file, not a pipe: a full pipe would block the run
     with open(log, "w") as stderr:
         process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=stderr)
-    # No clock here (CI machines are busy): the loop ends when stage 2 is evaluated, or fails if the run ends first.
-    while not (run / "eval" / "stage-2.json").exists():  # stage 3 starts right after stage 2 is evaluated
+    # No clock here (CI machines are busy): the loop ends as soon as stage 3 has begun (its work folder exists; it
+    # trains for longer than a poll), or fails if the run ends first.
+    while not (run / "stage-3.partial").exists():
         assert process.poll() is None, log.read_text()[-2000:]
-        time.sleep(0.05)
-    time.sleep(1.0)
+        time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (run / "stage-3" / "stage.json").exists(), "the run was killed during stage 3"

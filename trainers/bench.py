@@ -15,6 +15,9 @@ with min-max. The sections follow the paper's Table 6 and the costs a run pays:
     latency     per-token decoding time of each method's final model
     data_path   per modality: samples/s the collator delivers (media read + preprocess + tokenise; and with the
                 frozen-encoder cache) next to samples/s a training step consumes
+    lora_step   the fine-tuning step (LoRA on the LLM, the new connector): its FLOPs counted by torch's
+                `FlopCounterMode`, the FLOP/s achieved, and on a GPU whose peak is known (or `peak_tflops`) the
+                model FLOPs utilisation (MFU); in bf16 on a GPU that supports it
 """
 
 import json
@@ -339,6 +342,90 @@ def bench_data_path(model, processor, samples: list[dict], cache_dir: Path, repe
     return result
 
 
+# --- FLOPs and MFU of the LoRA fine-tuning step ---------------------------------------------------------------------
+# Dense bf16 peaks (no sparsity) of the GPUs the paper-scale runs use, in TFLOP/s, from the vendors' data sheets.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 80GB HBM3": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "A100": 312.0}
+
+
+def device_peak_tflops(device_name: str | None) -> float | None:
+    """The dense bf16 peak of a GPU by its name (torch.cuda.get_device_name), None when not known."""
+    if not device_name:
+        return None
+    for key in sorted(PEAK_BF16_TFLOPS, key=len, reverse=True):  # "H100 PCIe" before "H100"
+        if key in device_name:
+            return PEAK_BF16_TFLOPS[key]
+    return None
+
+
+def bench_lora_step(
+    model, processor, samples: list[dict], settings, repetitions: int, batch_size: int, peak_tflops: float | None = None
+) -> dict:
+    """
+    FLOPs of one fine-tuning step of `model` (a stage's MERA model) as a stage trains it (LoRA on the LLM and the
+    newest modality's connector trainable, encoders frozen, raw inputs), counted by `torch.utils.flop_counter.FlopCounterMode`,
+    and the FLOP/s achieved: process CPU time on a CPU, synchronised wall time on a GPU.
+    """
+    import torch
+    from peft import get_peft_model
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .data import MeraDataCollator
+    from .sft import llm_lora_config, set_trainable
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    model = get_peft_model(model, llm_lora_config(model, **settings.lora_settings())).to(device, dtype)
+    set_trainable(model, ["connector:new", "llm:lora"])
+    model.train()
+    newest = model.modalities[-1]  # PeftModel reads attributes through to the MERA model
+    batch = MeraDataCollator(processor)([s for s in samples if s["modality"] == newest][:batch_size])
+
+    def to_device(value):
+        if isinstance(value, dict):
+            return {key: to_device(item) for key, item in value.items()}
+        if isinstance(value, torch.Tensor):
+            return value.to(device, dtype) if value.is_floating_point() else value.to(device)
+        return value
+
+    batch = to_device(dict(batch))
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+
+    step()  # warm-up (allocations, kernels)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    seconds = []
+    for _ in range(repetitions):
+        if cuda:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(10):
+                step()
+            torch.cuda.synchronize()
+            seconds.append((time.perf_counter() - start) / 10)
+        else:
+            seconds.append(_timed(step, 3))
+    device_name = torch.cuda.get_device_name() if cuda else None
+    peak = peak_tflops or device_peak_tflops(device_name)
+    achieved = [flops / t / 1e12 for t in seconds]
+    return {
+        "device": device_name or "cpu (1 thread, process time)",
+        "dtype": str(dtype).removeprefix("torch."),
+        "modality": newest,
+        "batch": len(batch["input_ids"]),
+        "tokens": int(batch["attention_mask"].sum()),
+        "flops_per_step": flops,
+        "seconds_per_step": _summary(seconds),
+        "achieved_tflops": _summary(achieved),
+        "peak_tflops": peak,
+        "mfu": _summary([a / peak for a in achieved]) if peak else None,
+    }
+
+
 # --- the whole bench -------------------------------------------------------------------------------------------------
 def plot_bench(result: dict, path: Path):
     import matplotlib
@@ -420,6 +507,14 @@ def format_bench(result: dict) -> str:
             f"{entry['collator_cached']['median']:.0f} cached; step {entry['step_raw_inputs']['median']:.0f} raw, "
             f"{entry['step_cached_features']['median']:.0f} with cached features"
         )
+    step = result.get("lora_step")
+    if step:
+        mfu = f"MFU {cell(step['mfu'], 100, 1)}%" if step["mfu"] else "MFU: peak of this device unknown"
+        lines.append(
+            f"LoRA fine-tuning step ({step['modality']}, batch {step['batch']}, {step['tokens']} tokens, "
+            f"{step['dtype']}, {step['device']}): {step['flops_per_step'] / 1e9:.2f} GFLOP, "
+            f"{cell(step['achieved_tflops'], 1000)} GFLOP/s; {mfu}"
+        )
     return "\n".join(lines)
 
 
@@ -430,6 +525,7 @@ def run_bench(
     repetitions: int = 3,
     test_limit: int | None = 8,
     new_tokens: int = 8,
+    peak_tflops: float | None = None,
 ) -> dict:
     """Every section of the bench; writes `bench.json` and `bench.png` under `out` and returns the result."""
     import torch
@@ -453,6 +549,17 @@ def run_bench(
     model, processor = load_stage(out / "runs" / f"{reference}-0" / f"stage-{last}")[:2]
     result["latency"] = bench_latency(final, train, repetitions, new_tokens)
     result["data_path"] = bench_data_path(model, processor, train, out / "feature_cache", repetitions, 16)
+    batch_size = int(base_config.stage_settings().phase_overrides("finetune").get("per_device_train_batch_size", 16))
+    model, processor = load_stage(out / "runs" / f"{reference}-0" / f"stage-{last}")[:2]
+    result["lora_step"] = bench_lora_step(
+        model,
+        processor,
+        train,
+        base_config.stage_settings(),
+        repetitions,
+        batch_size,
+        peak_tflops,
+    )
     result["machine"] = {
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),

@@ -255,6 +255,26 @@ class MeraSFTTrainer(SFTTrainer):
         if self.feature_cache is not None:
             # Filled once the trainable set is known: only the encoders that stay frozen in this phase are cached.
             self.feature_cache.fill(unwrap_mera(self.model), processor, train_dataset)
+        self._add_lengths()
+
+    def _add_lengths(self):
+        """
+        transformers' length-grouped sampling (`train_sampling_strategy="group_by_length"` or "batch_rebalance")
+        needs each sample's length; a raw sample has no `input_ids` to measure, so the collator measures it in tokens
+        with media placeholders expanded. In a batch mixing modalities (realign's and replay's R_i), a short audio
+        item (e.g. 32 tokens) then waits beside image items (576) rarely instead of in most batches.
+        """
+        dataset, column = self.train_dataset, self.args.length_column_name
+        grouped = self.args.train_sampling_strategy in ("group_by_length", "batch_rebalance")
+        if not grouped or dataset is None or column in getattr(dataset, "column_names", [column]):
+            return
+        measure = getattr(self.data_collator, "sample_length", None)
+        if measure is None:
+            raise ValueError(
+                f"train_sampling_strategy={self.args.train_sampling_strategy!r} needs a '{column}' column or a "
+                "collator that measures samples (MeraDataCollator)"
+            )
+        self.train_dataset = dataset.add_column(column, [measure(sample) for sample in dataset])
 
     def train(self, *args, **kwargs):
         """

@@ -89,6 +89,14 @@ class MeraDataCollator:
             ids, labels = ids[: self.max_length], labels[: self.max_length]
         return ids, labels
 
+    def sample_length(self, sample: dict) -> int:
+        """The sample's length in tokens, media placeholders expanded (what batching by length groups on): the
+        conversation is tokenised, the media is not read."""
+        if sample.get("media") is not None:
+            return len(self._tokenize(sample)[0])
+        ids, _, _ = encode_conversation(self.processor, sample_messages(self.processor.config, sample))
+        return len(ids) if self.max_length is None else min(len(ids), self.max_length)
+
     def __call__(self, samples: list[dict]) -> dict:
         prepared = [self._prepare(sample) for sample in samples]
         batch = self.processor.pad(
