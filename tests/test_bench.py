@@ -84,7 +84,8 @@ def test_a_fresh_trainer_skips_the_idle_full_garbage_collection(tmp_path, monkey
 
 def test_lora_step_flops_and_mfu(tmp_path):
     """The LoRA step's FLOPs as torch's FlopCounterMode counts them: at least the forward's 2 x weights x tokens of
-    the LLM's linear layers, at most the 6 x of full training (LoRA skips the frozen weights' gradients; measured 3.8 x here)."""
+    the LLM's linear layers, at most the 6 x of full training (LoRA skips the frozen weights' gradients; 3.8 x
+    here)."""
     from trainers.bench import bench_lora_step, device_peak_tflops
 
     model = build_tiny_model(("image",))

@@ -199,3 +199,20 @@ def test_dataloader_workers_deliver_the_same_batches(tmp_path):
                     assert all(torch.equal(inputs[key], got[key]) for key in inputs), name
                 else:
                     assert torch.equal(inputs, got), name
+
+
+def test_evaluation_reads_the_cache_and_predicts_the_same(tmp_path):
+    """Generation with the feature cache: the same predictions, and each test item encoded once (its caption and
+    question share it) instead of once per prompt."""
+    from trainers.evaluation.generation import generate_predictions
+
+    model = build_tiny_model(("image", "audio", "point_cloud")).requires_grad_(False)
+    processor = tiny_processor(model)
+    samples = mixed_samples(tmp_path, count=3)  # 3 items per modality, 2 prompts each
+    plain = generate_predictions(model, processor, samples, batch_size=4, max_new_tokens=4, progress=False)
+    cache = EncoderFeatureCache(tmp_path / "cache")
+    cached = generate_predictions(
+        model, processor, samples, batch_size=4, max_new_tokens=4, progress=False, feature_cache=cache
+    )
+    assert cached == plain and len(set(plain)) > 1
+    assert cache.encoded == 9 and cache.hits == len(samples) and cache.misses == 0

@@ -358,12 +358,18 @@ def device_peak_tflops(device_name: str | None) -> float | None:
 
 
 def bench_lora_step(
-    model, processor, samples: list[dict], settings, repetitions: int, batch_size: int, peak_tflops: float | None = None
+    model,
+    processor,
+    samples: list[dict],
+    settings,
+    repetitions: int,
+    batch_size: int,
+    peak_tflops: float | None = None,
 ) -> dict:
     """
     FLOPs of one fine-tuning step of `model` (a stage's MERA model) as a stage trains it (LoRA on the LLM and the
-    newest modality's connector trainable, encoders frozen, raw inputs), counted by `torch.utils.flop_counter.FlopCounterMode`,
-    and the FLOP/s achieved: process CPU time on a CPU, synchronised wall time on a GPU.
+    newest modality's connector trainable, encoders frozen, raw inputs), counted by torch's `FlopCounterMode`, and
+    the FLOP/s achieved: process CPU time on a CPU, synchronised wall time on a GPU.
     """
     import torch
     from peft import get_peft_model

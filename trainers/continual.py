@@ -30,6 +30,7 @@ from modeling_mera import MeraForCausalLM, MeraProcessor
 from . import console
 from .checkpoint import STAGE_INFO, clean_finished_stage, is_finished_stage, load_stage
 from .data import load_samples
+from .data.feature_cache import EncoderFeatureCache
 from .data.samples import read_sample_file
 from .distributed import process_state
 from .errors import UserError
@@ -174,6 +175,7 @@ def evaluate_stage(config: ContinualConfig, stage_dir: Path, plan: list[StagePla
             logger.warning(f"{output_file} is damaged; the stage is evaluated again")
     model, processor, _ = load_stage(stage_dir)
     model.to(process_state().device).eval()  # each process generates its share of the batches on its own device
+    model.requires_grad_(False)  # nothing trains here; frozen encoders may be served from the feature cache
     stage = json.loads((stage_dir / STAGE_INFO).read_text()).get("stage", len(model.modalities))
     learnt = [step for step in plan if step.stage <= stage]
     samples = []
@@ -181,6 +183,9 @@ def evaluate_stage(config: ContinualConfig, stage_dir: Path, plan: list[StagePla
         samples.extend(load_stage_data(step.test_files, config.test_limit, config.seed))
     output_file.parent.mkdir(parents=True, exist_ok=True)
     wall, cpu = time.perf_counter(), time.process_time()
+    cache = None
+    if config.feature_cache:  # exact: each test item is encoded once per run, not once per prompt and stage
+        cache = EncoderFeatureCache(config.feature_cache, int(config.feature_cache_gb * 1024**3))
     result = evaluate_model(
         model,
         processor,
@@ -190,6 +195,7 @@ def evaluate_stage(config: ContinualConfig, stage_dir: Path, plan: list[StagePla
         max_new_tokens=config.max_new_tokens,
         output_file=output_file,
         max_judge_failure_rate=config.max_judge_failure_rate,
+        feature_cache=cache,
     )
     if process_state().is_main_process:
         timed = {**json.loads(output_file.read_text()), "seconds": {"wall": round(time.perf_counter() - wall, 3)}}

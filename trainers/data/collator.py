@@ -5,7 +5,7 @@ import json
 import torch
 
 from .conversations import encode_conversation, encode_samples, sample_messages
-from .media import read_media
+from .media import read_sample_media
 
 
 def _nbytes(value) -> int:
@@ -112,8 +112,8 @@ class MeraDataCollator:
             cached = [isinstance(item, dict) and "encoder_features" in item for item in inputs]
             if any(cached) and not all(cached):
                 # Some items did not fit in the feature cache: this batch encodes all of this modality's items.
-                kind = self.processor.config.modalities[name]["kind"]
-                media = [read_media(samples[index]["media"], kind) for index in indices]
+                settings = self.processor.config.modalities[name]
+                media = [read_sample_media(samples[index]["media"], settings) for index in indices]
                 batch["modality_inputs"][name] = self.processor.prepare_modality(name, media)
             elif all(cached):
                 batch["modality_inputs"][name] = {

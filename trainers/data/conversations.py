@@ -23,11 +23,13 @@ turn).
 from collections import Counter
 from collections.abc import Sequence
 
+import torch
+
 from modeling_mera import MeraBatch
 from modeling_mera.processing_mera import mera_chat_template
 
 from ..errors import UserError
-from .media import read_media
+from .media import read_sample_media
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 CONVERSATION_FORMATS = (
@@ -156,12 +158,14 @@ def sample_messages(config, sample: dict, for_generation: bool = False) -> list[
 
 def encode_samples(
     processor, samples: Sequence[dict], padding_side: str = "right", for_generation: bool = False,
-    max_length: int | None = None,
+    max_length: int | None = None, feature_cache=None,
 ):  # fmt: skip
     """
     A batch for `MeraForCausalLM` from samples: each whole conversation with labels on its assistant turns
     (training), or each conversation up to its last user turn with the generation prompt (`for_generation`,
     usually left-padded). Media are read here, lazily; `max_length` cuts long conversations (never a media item).
+    With a filled `feature_cache` (`trainers.data.feature_cache`) holding every item of a modality, that modality's
+    media are not read: its input is the stored encoder output, `{"encoder_features": ...}`.
     """
     config = processor.config
     sequences, label_rows, items = [], [], {}
@@ -187,12 +191,16 @@ def encode_samples(
         sequences.append(ids)
         label_rows.append(labels)
         if has_media:
-            settings = config.modalities[modality]
-            # A video file is decoded at the model's frame count only (the processor's own sampling).
-            media = read_media(sample["media"], settings["kind"], settings.get("num_frames"))
-            items.setdefault(modality, []).append(media)
+            items.setdefault(modality, []).append(sample)
     batch = MeraBatch(processor.pad(sequences, None if for_generation else label_rows, padding_side))
-    batch["modality_inputs"] = {name: processor.prepare_modality(name, media) for name, media in items.items()}
+    batch["modality_inputs"] = {}
+    for name, modality_samples in items.items():
+        stored = [feature_cache.lookup(sample) for sample in modality_samples] if feature_cache is not None else []
+        if stored and all(features is not None for features in stored):
+            batch["modality_inputs"][name] = {"encoder_features": torch.stack(stored)}
+        else:
+            media = [read_sample_media(sample["media"], config.modalities[name]) for sample in modality_samples]
+            batch["modality_inputs"][name] = processor.prepare_modality(name, media)
     return batch
 
 

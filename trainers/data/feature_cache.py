@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .media import read_media
+from .media import read_sample_media
 
 FILL_BATCH_SIZE = 16
 # Entries read or written in this process, so that the phases and stages of one run read each file once
@@ -76,6 +76,19 @@ def _settings_of(processor: Any) -> Any:
     return repr(processor)
 
 
+# Where a config or processor was loaded from: no part of what it computes (a stage saved and loaded again, or a
+# fresh modality's processor and the same processor read back from the stage, hash alike).
+PROVENANCE_KEYS = ("_name_or_path", "_commit_hash")
+
+
+def _without_provenance(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_provenance(v) for k, v in value.items() if k not in PROVENANCE_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [_without_provenance(item) for item in value]
+    return value
+
+
 def preprocessing_fingerprint(processor, name: str) -> str:
     """A hash of everything between a media item and its features except the encoder's weights."""
     modality = dict(processor.config.modalities[name])
@@ -84,7 +97,8 @@ def preprocessing_fingerprint(processor, name: str) -> str:
         "feature_processor": _settings_of(processor.modality_processors.get(name)),
         "seed": getattr(processor, "seed", None),
     }
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    settings = _without_provenance(json.loads(json.dumps(settings, default=str)))
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def media_key(media: Any) -> str:
@@ -235,7 +249,7 @@ class EncoderFeatureCache:
         for name, items in pending.items():
             encoder = model.encoders[name]
             modality = model.config.modality(name)
-            kind = processor.config.modalities[name]["kind"]
+            settings = processor.config.modalities[name]
             was_training = encoder.training
             encoder.eval()
             device = next(encoder.parameters()).device
@@ -243,7 +257,9 @@ class EncoderFeatureCache:
                 entries = list(items.items())
                 for start in range(0, len(entries), self.batch_size):
                     chunk = entries[start : start + self.batch_size]
-                    inputs = processor.prepare_modality(name, [read_media(media, kind) for _, media in chunk])
+                    inputs = processor.prepare_modality(
+                        name, [read_sample_media(media, settings) for _, media in chunk]
+                    )
                     inputs = (
                         {key: value.to(device) for key, value in inputs.items()}
                         if isinstance(inputs, dict)

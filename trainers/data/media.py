@@ -122,6 +122,12 @@ def read_media(media: Any, modality_kind: str, num_frames: int | None = None) ->
     raise MediaError(f"{media}: no reader for {suffix!r} files of modality kind {modality_kind!r}")
 
 
+def read_sample_media(media: Any, modality_settings: dict) -> Any:
+    """`read_media` for a modality of a `MeraConfig` (`config.modalities[name]`): a video file is decoded at the
+    model's frame count only (the processor's own sampling)."""
+    return read_media(media, modality_settings["kind"], modality_settings.get("num_frames"))
+
+
 PLY_TYPES = {
     "char": "i1",
     "int8": "i1",

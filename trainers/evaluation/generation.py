@@ -73,6 +73,7 @@ def generate_predictions(
     batch_size: int = 8,
     max_new_tokens: int = 32,
     progress: bool = True,
+    feature_cache=None,
     **generate_kwargs,
 ) -> list[str]:
     """Greedy answers of `model` to every sample, in the order of `samples`.
@@ -81,7 +82,9 @@ def generate_predictions(
     conversation up to the last user turn, prompts are left-padded so that generation continues right after each
     prompt, and only the newly generated tokens are decoded. `generate_kwargs` go to `model.generate` (greedy
     decoding unless they say otherwise). Under several processes, each generates every n-th batch and every process
-    returns all the predictions.
+    returns all the predictions. With a `feature_cache` (`trainers.data.feature_cache.EncoderFeatureCache`), the
+    frozen encoders' outputs are computed once for all the samples' media (a caption and a question about the same
+    item share them) and read from the cache, exact, instead of encoding each prompt's media again.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
@@ -95,6 +98,10 @@ def generate_predictions(
     was_training = model.training
     model.eval()
     state = process_state()
+    if feature_cache is not None and hasattr(model, "reset_routing"):
+        feature_cache = None  # a routed model also feeds the media to its router: it reads them itself
+    if feature_cache is not None:
+        feature_cache.fill(model, processor, [sample for sample in samples if sample.get("media") is not None])
     # Whole batches are dealt out, so that each process pads and decodes exactly as a single process would.
     own_batches = batches[state.process_index :: state.num_processes]
     own_predictions: list[tuple[int, str]] = []
@@ -103,7 +110,9 @@ def generate_predictions(
             own_batches, phase="evaluate", unit="batch", disable=not (progress and state.is_main_process)
         ):
             batch_samples = [samples[i] for i in batch_indices]
-            batch = encode_samples(processor, batch_samples, "left", for_generation=True).to(model.device)
+            batch = encode_samples(
+                processor, batch_samples, "left", for_generation=True, feature_cache=feature_cache
+            ).to(model.device)
             output = model.generate(**batch, max_new_tokens=max_new_tokens, **generate_kwargs)
             new_tokens = output[:, batch["input_ids"].shape[1] :]
             texts = processor.batch_decode(new_tokens, skip_special_tokens=True)
@@ -199,6 +208,7 @@ def evaluate_model(
     output_file: str | os.PathLike | None = None,
     progress: bool = True,
     max_judge_failure_rate: float = DEFAULT_MAX_FAILURE_RATE,
+    feature_cache=None,
     **generate_kwargs,
 ) -> dict:
     """Generate an answer for every sample, score every dataset, and optionally write it all to `output_file`.
@@ -217,7 +227,14 @@ def evaluate_model(
     if hasattr(model, "reset_routing"):
         model.reset_routing()
     predictions = generate_predictions(
-        model, processor, samples, batch_size, max_new_tokens, progress=progress, **generate_kwargs
+        model,
+        processor,
+        samples,
+        batch_size,
+        max_new_tokens,
+        progress=progress,
+        feature_cache=feature_cache,
+        **generate_kwargs,
     )
     if hasattr(model, "routing_summary") and state.num_processes > 1:
         model.routing_log = gather_object(model.routing_log)  # every process routed its own batches
