@@ -57,6 +57,13 @@ def test_every_shipped_config_parses_validates_and_plans():
         2e-4, 2e-5, 16,
     )  # fmt: skip
     assert (paper.lora_r, paper.lora_alpha, paper.lora_dropout, paper.load_in_4bit) == (128, 128, 0.05, False)
+    # The data path off the training process, and realign's mixed-modality batches grouped by length: the values
+    # the phases' TrainingArguments end up with.
+    for phase in ("pretrain", "finetune", "realign"):
+        args = phase_config(paper, phase, Path("unused"))
+        assert (args.dataloader_num_workers, args.dataloader_persistent_workers) == (8, True), phase
+        grouped = "group_by_length" if phase == "realign" else "random"
+        assert args.train_sampling_strategy == grouped, phase
 
 
 def test_accelerate_configs_load_with_accelerate():
