@@ -41,7 +41,7 @@ def test_floor_counts_replayed_sample_passes():
     assert sample_passes(mera, settings) / sample_passes(fine_tuning, settings) == pytest.approx(1 + 3 * 24 / 400)
 
 
-def test_bench_table_reads_every_section():
+def test_bench_table_and_plot_read_every_section(tmp_path):
     summary = {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
     phases = {p: summary for p in ("pretrain", "finetune", "merge", "realign", "save", "evaluation")}
     method = {"phase_cpu_seconds": phases, "training_cpu_seconds": summary, "peak_memory_mb": summary}
@@ -60,9 +60,13 @@ def test_bench_table_reads_every_section():
         },
     }
     table = format_bench(json.loads(json.dumps(result)))
-    assert "computed floor 1.500" in table and "+33.3% above it" in table
+    assert "computed floor 1.500" in table and "33.3% above it" in table
     assert "forward+backward 2.000 (1.000-3.000)x" in table
     assert table.count("2.00 (1.00-3.00)") == 2 * 7
+    from trainers.bench import plot_bench
+
+    plot_bench(result, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_fresh_trainer_skips_the_idle_full_garbage_collection(tmp_path, monkeypatch):

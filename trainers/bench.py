@@ -439,7 +439,7 @@ def plot_bench(result: dict, path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 4.5), gridspec_kw={"width_ratios": [3, 2, 3]})
     training = result["training"]
     methods = [m for m in training if m != "mera_vs_fine_tuning"]
     bottom = [0.0] * len(methods)
@@ -454,6 +454,16 @@ def plot_bench(result: dict, path: Path):
         title += f"\nMERA/FT training {ratio['measured_ratio']['median']:.3f}x, floor {ratio['computed_floor']:.3f}x"
     left.set_title(title)
     left.legend(fontsize=8)
+    latency = result["latency"]
+    names = list(latency)
+    reference = latency.get("mera", latency[names[0]])["median"]
+    middle.bar(names, [latency[m]["median"] * 1000 for m in names], color="tab:gray")
+    for index, method in enumerate(names):
+        ratio = latency[method]["median"] / reference
+        middle.annotate(f"{ratio:.2f}x", (index, latency[method]["median"] * 1000), ha="center", va="bottom")
+    middle.set_ylabel("ms per generated token (median)")
+    llava = result["llava"]["forward_backward_ratio"]["median"]
+    middle.set_title(f"final models' latency (x MERA)\nfwd+bwd vs LLaVA at equal weights {llava:.3f}x")
     data = result["data_path"]
     modalities = list(data)
     keys = ("collator_fresh", "collator_cached", "step_raw_inputs", "step_cached_features")
@@ -465,7 +475,7 @@ def plot_bench(result: dict, path: Path):
     right.set_yscale("log")
     right.set_ylabel("samples / CPU second (median)")
     right.set_title("data path vs training step")
-    right.legend(fontsize=8)
+    right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=4)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -494,7 +504,8 @@ def format_bench(result: dict) -> str:
         ratio = training["mera_vs_fine_tuning"]
         lines.append(
             f"MERA / Fine-Tuning training time: {cell(ratio['measured_ratio'], digits=3)}; computed floor "
-            f"{ratio['computed_floor']:.3f} (sample-passes); {ratio['above_floor_percent']:+.1f}% above it"
+            f"{ratio['computed_floor']:.3f} (sample-passes); {abs(ratio['above_floor_percent']):.1f}% "
+            f"{'above' if ratio['above_floor_percent'] >= 0 else 'below'} it"
         )
     llava = result["llava"]
     lines.append(
