@@ -18,7 +18,7 @@ DEMO_YAML = Path(__file__).parents[1] / "recipes" / "configs" / "demo.yaml"
 
 def test_every_field_mera_sft_config_sets_exists_upstream():
     # transformers 5 dropped `warmup_ratio`; a subclass that declares it silently gets a field nothing reads.
-    own_fields = {"trainable", "connector_learning_rate"}  # documented fields of MeraSFTConfig itself
+    own_fields = {"trainable", "connector_learning_rate", "feature_cache_dir", "feature_cache_gb"}  # its own fields
     upstream = {f.name for f in dataclasses.fields(SFTConfig)}
     declared = set(MeraSFTConfig.__annotations__) - own_fields
     assert declared, "MeraSFTConfig overrides some SFTConfig defaults"

@@ -161,3 +161,32 @@ def test_mera_stage_one_is_the_fine_tuning_stage_one(tmp_path):
     assert stages["mera"].keys() == stages["fine_tuning"].keys()
     for key, tensor in stages["fine_tuning"].items():
         assert torch.equal(stages["mera"][key], tensor), key
+
+
+def test_two_stages_with_the_feature_cache_train_the_same_weights(tmp_path):
+    """A run's `feature_cache` reaches every phase (pre-train, fine-tune, realign on the previous stage's items):
+    the stages' weights are bit-equal to those trained without it, and stage 2 encodes no stage-1 item again."""
+    from dataclasses import replace
+
+    from trainers.sft import phase_config
+
+    cache = tmp_path / "features"
+    settings = replace(tiny_settings(), feature_cache=str(cache), feature_cache_gb=0.5)
+    realign = phase_config(settings, "realign", tmp_path)
+    assert (realign.feature_cache_dir, realign.feature_cache_gb) == (str(cache), 0.5)
+    weights = {}
+    for label, run_settings in (("plain", tiny_settings()), ("cached", settings)):
+        previous = build_tiny_model(())
+        processor = tiny_processor(previous)
+        for stage, modality in enumerate(("image", "point_cloud"), start=1):
+            data = load_samples(toy_samples(tmp_path / "data", modality, 4, seed=stage))
+            output = tmp_path / label / f"stage-{stage}"
+            run_stage(previous, processor if stage == 1 else None, SPECS[modality], data, output,
+                      settings=run_settings)  # fmt: skip
+            previous = output
+        weights[label] = load_stage(previous)[0].state_dict()
+    assert weights["plain"].keys() == weights["cached"].keys()
+    assert all(torch.equal(weights["plain"][k], weights["cached"][k]) for k in weights["plain"]), "bit-equal"
+    folders = sorted(path.name.split("-")[0] for path in cache.iterdir())
+    assert folders == ["image", "point_cloud"], "one key per encoder: the loaded stage's image encoder hashes alike"
+    assert len(list(cache.glob("image-*/*.pt"))) == 4 and len(list(cache.glob("point_cloud-*/*.pt"))) == 4
