@@ -70,6 +70,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: --repetitions must be >= 1, got {repetitions}", file=sys.stderr)
         return 2
     out = Path(args.out)
+    demo["source"] = args.config
     base, _ = demo_run_config(out, demo, args.seed, quick=False, size="bench")
     result = run_bench(
         base,

@@ -1,6 +1,7 @@
 """`mera bench`'s pieces that can be checked without timing anything: the LLaVA twin and MERA's floor."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,3 +108,47 @@ def test_lora_step_flops_and_mfu(tmp_path):
     assert result["mfu"]["median"] == pytest.approx(result["achieved_tflops"]["median"] / 2.0)
     assert device_peak_tflops("NVIDIA H200") == 989.0 and device_peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert device_peak_tflops("Tesla T4") is None and device_peak_tflops(None) is None
+
+
+@pytest.mark.slow
+def test_mera_bench_end_to_end_on_a_small_config(tmp_path):
+    """`mera bench --config`: every section in bench.json, the table on the console, the plot; one line per run."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((root / "recipes" / "configs" / "bench.yaml").read_text())
+    config["bench"] = {"methods": ["fine_tuning", "mera"], "repetitions": 1, "test_limit": 2, "new_tokens": 2}
+    config["benchmark"] = {"train_per_modality": 8, "test_per_modality": 4}
+    config["language_model"] = {"steps": 2}
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump(config))
+    out = tmp_path / "bench"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(root)}
+    command = [sys.executable, "-m", "recipes.cli", "bench", "--config", str(small), "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    bench = json.loads((out / "bench.json").read_text())
+    assert set(bench) >= {"training", "llava", "latency", "data_path", "lora_step", "machine", "seconds"}
+    ratio = bench["training"]["mera_vs_fine_tuning"]
+    # R_i = 10% of each stage's 16 samples (2), kept for stages 1..i: 4 + 6 + 8 realigned over 4 x (8 + 16).
+    assert ratio["computed_floor"] == pytest.approx(1 + 18 / 96)
+    assert [s["realign_samples"] for s in bench["training"]["mera"]["stages"]] == [0, 4, 6, 8]
+    assert set(bench["data_path"]) == {"image", "video", "audio", "point_cloud"}
+    assert bench["lora_step"]["flops_per_step"] > 0 and bench["lora_step"]["mfu"] is None  # no GPU, no peak given
+    assert "MERA / Fine-Tuning training time" in result.stdout and "computed floor 1.188" in result.stdout
+    assert "[1/2] fine_tuning, repetition 1/1" in result.stdout and "[2/2] mera" in result.stdout
+    assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Traceback" not in result.stderr
+
+    # A bad size in the YAML is the user's error: one line naming the file, exit code 2, nothing trained.
+    config["benchmark"]["test_per_modality"] = 2
+    small.write_text(yaml.safe_dump(config))
+    command[-1] = str(tmp_path / "bad")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{small}: benchmark: test_per_modality must be an integer >= 4" in result.stderr
+    assert not (tmp_path / "bad" / "runs").exists()

@@ -47,9 +47,16 @@ def _peak_memory_mb() -> float:
 
 # --- training: one method's run, in a process of its own -------------------------------------------------------------
 def _train_method(config, test_limit: int | None, result_file: str):
-    """Run every stage of `config.method` and evaluate each; write the stages' timings and counts to `result_file`."""
+    """Run every stage of `config.method` and evaluate each; write the stages' timings and counts to `result_file`.
+    The run's console goes to the `.log` file beside it: the bench prints one line per run."""
+    with open(Path(result_file).with_suffix(".log"), "w") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
     import torch
 
+    from . import console
+
+    console.configure(verbose=False)
     torch.set_num_threads(1)
     from .continual import base_model_and_processor, build_stage_plan, evaluate_stage, load_stage_data
     from .methods import get_method_plugins
@@ -86,13 +93,17 @@ def _train_method(config, test_limit: int | None, result_file: str):
 
 
 def _run_in_process(config, test_limit, result_file: Path) -> dict:
+    result_file.parent.mkdir(parents=True, exist_ok=True)
     process = multiprocessing.get_context("spawn").Process(
         target=_train_method, args=(config, test_limit, str(result_file))
     )
     process.start()
     process.join()
     if process.exitcode != 0:
-        raise RuntimeError(f"the {config.method} run in {config.output_dir} failed (exit code {process.exitcode})")
+        raise RuntimeError(
+            f"the {config.method} run in {config.output_dir} failed (exit code {process.exitcode}); its console is "
+            f"in {result_file.with_suffix('.log')}"
+        )
     return json.loads(result_file.read_text())
 
 
@@ -112,15 +123,24 @@ def sample_passes(stages: list[dict], settings) -> float:
 
 def bench_training(base_config, methods: list[str], repetitions: int, out: Path, test_limit: int | None) -> dict:
     """Interleaved runs of every method; per-phase CPU seconds (median, min-max), peak memory, MERA's floor."""
+    from .continual import build_stage_plan
+
     runs = {method: [] for method in methods}
+    count = 0
     for repetition in range(repetitions):
         order = methods if repetition % 2 == 0 else methods[::-1]
         for method in order:
+            count += 1
+            label = f"[{count}/{repetitions * len(methods)}] {method}, repetition {repetition + 1}/{repetitions}"
+            print(f"{label}: training {len(build_stage_plan(base_config))} stages ...", end=" ", flush=True)
             run_dir = out / "runs" / f"{method}-{repetition}"
             # A feature cache of its own, when on: every run pays for encoding its items once, as a real run does.
             cache = str(run_dir / "features") if base_config.feature_cache else None
             config = replace(base_config, method=method, output_dir=str(run_dir), feature_cache=cache)
-            runs[method].append(_run_in_process(config, test_limit, out / "runs" / f"{method}-{repetition}.json"))
+            run = _run_in_process(config, test_limit, out / "runs" / f"{method}-{repetition}.json")
+            runs[method].append(run)
+            training = sum(s["phase_cpu"].get(p, 0.0) for s in run["stages"] for p in TRAIN_PHASES)
+            print(f"{training:.2f} CPU s (log: {out / 'runs' / f'{method}-{repetition}.log'})", flush=True)
     result = {}
     for method, method_runs in runs.items():
         per_phase = {}
@@ -547,6 +567,9 @@ def run_bench(
     """Every section of the bench; writes `bench.json` and `bench.png` under `out` and returns the result."""
     import torch
 
+    from . import console
+
+    console.configure(verbose=False)
     torch.set_num_threads(1)
     from .checkpoint import load_stage
     from .continual import build_stage_plan, load_stage_data
@@ -562,12 +585,16 @@ def run_bench(
     final = {m: load_stage(out / "runs" / f"{m}-0" / f"stage-{last}")[:2] for m in methods}
     reference = "mera" if "mera" in final else methods[0]
     model, processor = final[reference]
+    print("MeraForCausalLM vs LlavaForConditionalGeneration at equal weights ...", flush=True)
     result["llava"] = bench_llava(model, processor, train, max(7, repetitions), iterations=10, new_tokens=new_tokens)
     model, processor = load_stage(out / "runs" / f"{reference}-0" / f"stage-{last}")[:2]
+    print("per-token latency of each method's final model ...", flush=True)
     result["latency"] = bench_latency(final, train, repetitions, new_tokens)
+    print("data path vs training step, per modality ...", flush=True)
     result["data_path"] = bench_data_path(model, processor, train, out / "feature_cache", repetitions, 16)
     batch_size = int(base_config.stage_settings().phase_overrides("finetune").get("per_device_train_batch_size", 16))
     model, processor = load_stage(out / "runs" / f"{reference}-0" / f"stage-{last}")[:2]
+    print("FLOPs of the LoRA fine-tuning step ...", flush=True)
     result["lora_step"] = bench_lora_step(
         model,
         processor,

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import UserError
 from ..settings import ContinualConfig
 from .benchmark import MODALITIES, build_benchmark
 from .domains import DOMAINS
@@ -46,7 +47,11 @@ def demo_run_config(
     demo = config_path if isinstance(config_path, dict) else demo_settings(config_path, quick)
     size = size or ("quick" if quick else "full")
     benchmark_dir = out / f"benchmark-{size}-seed{seed}"
-    build_benchmark(benchmark_dir, seed=seed, modalities=DOMAINS if domain else MODALITIES, **demo["benchmark"])
+    try:
+        build_benchmark(benchmark_dir, seed=seed, modalities=DOMAINS if domain else MODALITIES, **demo["benchmark"])
+    except (TypeError, ValueError) as error:  # the YAML's `benchmark:` section: a user's setting, not a crash
+        where = config_path.get("source", "the demo config") if isinstance(config_path, dict) else config_path
+        raise UserError(f"{where}: benchmark: {error}") from None
     language_model = pretrained_language_model(out / "cache", benchmark_dir, seed=seed, **demo["language_model"])
     if domain:  # every stage is a task (domain) on the one image modality
         (image,) = demo_modality_entries(out / "cache", seed=seed, benchmark=benchmark_dir, modalities=["image"])
