@@ -70,6 +70,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: --repetitions must be >= 1, got {repetitions}", file=sys.stderr)
         return 2
     out = Path(args.out)
+    print(
+        f"mera bench: {', '.join(methods)} x {repetitions} interleaved repetitions on {args.config}, seed "
+        f"{args.seed}, output {out}/ (process CPU seconds, one torch thread)",
+        flush=True,
+    )
+    from trainers import console
+
+    console.configure(verbose=False)
     demo["source"] = args.config
     base, _ = demo_run_config(out, demo, args.seed, quick=False, size="bench")
     result = run_bench(

@@ -50,7 +50,13 @@ def test_bench_table_and_plot_read_every_section(tmp_path):
         "training": {
             "fine_tuning": method,
             "mera": method,
-            "mera_vs_fine_tuning": {"measured_ratio": summary, "computed_floor": 1.5, "above_floor_percent": 33.3},
+            "mera_vs_fine_tuning": {
+                "measured_ratio": summary,
+                "within_run_ratio": summary,
+                "computed_floor": 1.5,
+                "above_floor_percent": 33.3,
+                "within_run_above_floor_percent": -2.5,
+            },
         },
         "llava": {"batch": 8, "forward_backward_ratio": summary, "generate_ratio": summary},
         "latency": {"mera": summary},
@@ -61,7 +67,7 @@ def test_bench_table_and_plot_read_every_section(tmp_path):
         },
     }
     table = format_bench(json.loads(json.dumps(result)))
-    assert "computed floor 1.500" in table and "33.3% above it" in table
+    assert "computed floor 1.500" in table and "33.3% above it" in table and "2.5% below it" in table
     assert "forward+backward 2.000 (1.000-3.000)x" in table
     assert table.count("2.00 (1.00-3.00)") == 2 * 7
     from trainers.bench import plot_bench
@@ -140,6 +146,10 @@ def test_mera_bench_end_to_end_on_a_small_config(tmp_path):
     assert set(bench["data_path"]) == {"image", "video", "audio", "point_cloud"}
     assert bench["lora_step"]["flops_per_step"] > 0 and bench["lora_step"]["mfu"] is None  # no GPU, no peak given
     assert "MERA / Fine-Tuning training time" in result.stdout and "computed floor 1.188" in result.stdout
+    mera_run = bench["training"]["mera"]["stages"]
+    realign = sum(s["phase_cpu"]["realign"] for s in mera_run)
+    total = sum(s["phase_cpu"][p] for s in mera_run for p in ("pretrain", "finetune", "merge", "realign"))
+    assert ratio["within_run_ratio"]["median"] == pytest.approx(total / (total - realign))
     assert "[1/2] fine_tuning, repetition 1/1" in result.stdout and "[2/2] mera" in result.stdout
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert "Traceback" not in result.stderr
