@@ -58,32 +58,23 @@ def _train_method(config, test_limit: int | None, result_file: str):
 
     console.configure(verbose=False)
     torch.set_num_threads(1)
-    from .continual import base_model_and_processor, build_stage_plan, evaluate_stage, load_stage_data
-    from .methods import get_method_plugins
-    from .stage import run_stage
+    from .continual import build_stage_plan, load_stage_data, run_stages
 
     config = replace(config, test_limit=test_limit)
     output_dir = Path(config.output_dir)
+    plan = build_stage_plan(config)
+    run_stages(config, plan, output_dir)
     stages = []
-    for step in build_stage_plan(config):
-        stage_dir = output_dir / f"stage-{step.stage}"
-        if step.stage == 1:
-            previous, processor = base_model_and_processor(config)
-        else:
-            previous, processor = output_dir / f"stage-{step.stage - 1}", None
+    for step in plan:
+        log = json.loads((output_dir / f"stage-{step.stage}" / "stage.json").read_text())["log"]
+        evaluation = json.loads((output_dir / "eval" / f"stage-{step.stage}.json").read_text())
         train = load_stage_data(step.train_files)
-        plugins = get_method_plugins(config.method, config)
-        run_stage(previous, processor, step.spec, train, stage_dir, step.stage, plugins, config.stage_settings())
-        cpu = time.process_time()
-        evaluate_stage(config, stage_dir, build_stage_plan(config), output_dir / "eval" / f"stage-{step.stage}.json")
-        info = json.loads((stage_dir / "stage.json").read_text())
-        log = info["log"]
         stages.append(
             {
                 "stage": step.stage,
                 "modality": step.spec.name,
                 "phase_cpu": {name: t["cpu"] for name, t in log.get("phase_seconds", {}).items()},
-                "evaluation_cpu": time.process_time() - cpu,
+                "evaluation_cpu": evaluation["seconds"]["cpu"],
                 "captions": sum(1 for task in train["task"] if task == "caption"),
                 "finetune_samples": log.get("finetune", {}).get("samples", len(train)),
                 "realign_samples": log.get("realign", {}).get("samples", 0),

@@ -256,7 +256,9 @@ def run_continual(config: ContinualConfig) -> dict:
         return _run_stages(config, plan, output_dir)
 
 
-def _run_stages(config: ContinualConfig, plan: list[StagePlan], output_dir: Path) -> dict:
+def run_stages(config: ContinualConfig, plan: list[StagePlan], output_dir: Path) -> list[dict]:
+    """Train every stage of `plan` not finished in `output_dir` yet and evaluate each (`eval/stage-i.json`, cached):
+    every stage's scores. The experts and the metrics are `run_continual`'s."""
     is_main = process_state().is_main_process
     stage_scores = []
     for step in plan:
@@ -278,6 +280,12 @@ def _run_stages(config: ContinualConfig, plan: list[StagePlan], output_dir: Path
             stage_scores.append(evaluate_stage(config, stage_dir, plan, eval_file))
         if config.push_to_hub and is_main:
             push_to_hub(config, output_dir)
+    return stage_scores
+
+
+def _run_stages(config: ContinualConfig, plan: list[StagePlan], output_dir: Path) -> dict:
+    is_main = process_state().is_main_process
+    stage_scores = run_stages(config, plan, output_dir)
     experts = train_experts(config, plan)
     tasks = any(step.spec.task for step in plan)  # MLLM-CL's setting: the matrix lists each stage's task
     scores = {
