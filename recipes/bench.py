@@ -1,22 +1,26 @@
 """
-`mera bench`: where a continual run's time goes, MERA next to Fine-Tuning, on the offline benchmark.
+`mera bench`: where a continual run's time goes, each method side by side, on the offline benchmark.
 
     mera bench                                        # the paper-shaped tiny config (recipes/configs/bench.yaml)
-    mera bench --config recipes/configs/demo.yaml     # the demo's sizes (much longer)
+    mera bench --config recipes/configs/demo.yaml     # the demo's sizes (longer)
 
 Side by side in one run, with interleaved repetitions (median, min-max of process CPU seconds, one torch thread):
-per-phase training time of each method (pre-train, fine-tune, merge, realign, save, evaluation) and its peak memory;
-MERA's computed floor (replayed samples x passes over Fine-Tuning's) next to the measured ratio; forward+backward
-and generation against transformers' `LlavaForConditionalGeneration` at equal weights; per-token latency of each
-method's final model; the data path's throughput against the training step's, per modality. Writes
-OUT/bench.json and OUT/bench.png (`trainers.bench`).
+per-phase training time of each method (default Fine-Tuning, MERA, PathWeave: pre-train, fine-tune, merge, realign,
+save, evaluation) and its peak memory; MERA's computed floor (replayed samples x passes over Fine-Tuning's) next to
+the measured ratios; forward+backward and generation against transformers' `LlavaForConditionalGeneration` at
+equal weights; per-token latency of each method's final model; the data path's throughput against the training
+step's, per modality; the LoRA step's FLOPs, and its MFU on a GPU. Writes OUT/bench.json and OUT/bench.png
+(`trainers.bench`).
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-HELP = "time MERA against Fine-Tuning and LLaVA: per phase, floor, memory, latency, data path (CPU, minutes)"
+HELP = (
+    "time the methods (default Fine-Tuning, MERA, PathWeave) and the model against LLaVA: per phase, MERA's floor, "
+    "memory, latency, data path, the LoRA step's FLOPs (minutes on a CPU)"
+)
 BENCH_CONFIG = Path(__file__).with_name("configs") / "bench.yaml"
 
 
