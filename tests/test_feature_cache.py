@@ -56,6 +56,18 @@ def test_cached_features_are_bit_equal_and_feed_the_connector(tmp_path):
         assert torch.equal(model(**raw).logits, model(**from_cache).logits)
 
 
+def test_processes_fill_disjoint_shares(tmp_path):
+    """Under several processes each encodes every n-th missing item: together all of them, each once."""
+    model = build_tiny_model(("image", "audio"))
+    processor = tiny_processor(model)
+    samples = mixed_samples(tmp_path, ("image", "audio"), count=5)
+    shares = [EncoderFeatureCache(tmp_path / "cache").fill(model, processor, samples, index, 2) for index in (0, 1)]
+    assert shares == [{"image": 3, "audio": 3}, {"image": 2, "audio": 2}]
+    cache = EncoderFeatureCache(tmp_path / "cache")
+    assert cache.fill(model, processor, samples) == {}, "every item is stored"
+    assert all(cache.lookup(sample) is not None for sample in samples)
+
+
 def test_cache_keys_follow_encoder_weights_and_preprocessing(tmp_path):
     model = build_tiny_model(("image",))
     processor = tiny_processor(model)

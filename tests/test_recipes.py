@@ -94,6 +94,9 @@ def test_killed_continual_run_resumes_without_retraining_finished_stages(tmp_pat
 def test_stage_recipe_under_accelerate_launch_with_two_cpu_processes(tmp_path):
     # `accelerate launch --cpu --num_processes 2` starts one process without MPI; this launches two (gloo).
     config = write_tiny_run(tmp_path, modalities=("image", "audio"))
+    # With the feature cache: each process encodes its share of the items, both wait, both read all of them.
+    settings = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**settings, "feature_cache": str(tmp_path / "features")}))
     for stage in ("1", "2"):
         result = accelerate_launch_cpu(2, ROOT / "recipes" / "stage.py", "--config", str(config), "--stage", stage)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -101,6 +104,10 @@ def test_stage_recipe_under_accelerate_launch_with_two_cpu_processes(tmp_path):
     info = json.loads((tmp_path / "run" / "stage-2" / "stage.json").read_text())
     assert info["modalities"] == ["image", "audio"]
     assert not list((tmp_path / "run").glob(".*.saving")), "no half-written checkpoint is left behind"
+    for modality in ("image", "audio"):
+        rows = [json.loads(line) for line in (tmp_path / "data" / modality / "train.jsonl").read_text().splitlines()]
+        (folder,) = (tmp_path / "features").glob(f"{modality}-*")  # one key: stage 2 reads what stage 1 stored
+        assert len(list(folder.glob("*.pt"))) == len({row["media"] for row in rows})
 
 
 def test_every_recipe_config_parses_and_plans_without_downloading():

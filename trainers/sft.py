@@ -254,7 +254,11 @@ class MeraSFTTrainer(SFTTrainer):
         self.trainable_counts = set_trainable(self.model, args.trainable)
         if self.feature_cache is not None:
             # Filled once the trainable set is known: only the encoders that stay frozen in this phase are cached.
-            self.feature_cache.fill(unwrap_mera(self.model), processor, train_dataset)
+            state = self.accelerator.state
+            self.feature_cache.fill(
+                unwrap_mera(self.model), processor, train_dataset, state.process_index, state.num_processes
+            )
+            self.accelerator.wait_for_everyone()  # each process encoded its share: all are on disk before training
         self._add_lengths()
 
     def _add_lengths(self):

@@ -226,10 +226,14 @@ class EncoderFeatureCache:
         return True
 
     @torch.no_grad()
-    def fill(self, model, processor, samples: Iterable[dict]) -> dict[str, int]:
+    def fill(
+        self, model, processor, samples: Iterable[dict], process_index: int = 0, num_processes: int = 1
+    ) -> dict[str, int]:
         """
         Encode every media item of `samples` that is not stored yet, for the modalities whose encoder may be
-        cached. Returns the number of items encoded per modality.
+        cached. Returns the number of items this process encoded per modality. Under several processes, each
+        encodes every `num_processes`-th missing item (in path order) and the caller waits for all of them before
+        reading: the items are encoded once, not once per process.
         """
         from modeling_mera.encoders import encode_modality
 
@@ -239,11 +243,19 @@ class EncoderFeatureCache:
                 namespace = self.namespace(model, processor, name)
                 if namespace is not None:
                     self.namespaces[name] = namespace
-        pending: dict[str, dict[Path, Any]] = {}
+        wanted: dict[str, dict[Path, Any]] = {}
         for sample in samples:
             path = self._path(sample.get("modality"), sample.get("media"))
-            if path is not None and not path.exists():
-                pending.setdefault(sample["modality"], {})[path] = sample["media"]
+            if path is not None:
+                wanted.setdefault(sample["modality"], {})[path] = sample["media"]
+        pending: dict[str, dict[Path, Any]] = {}
+        for name, items in wanted.items():
+            # Each item's process is fixed by its place among all the items, not among the missing ones, which a
+            # process that looks later would count differently.
+            share = sorted(items.items())[process_index::num_processes]
+            missing = {path: media for path, media in share if not path.exists()}
+            if missing:
+                pending[name] = missing
         usage = self._usage() if pending else []
         encoded = {}
         for name, items in pending.items():

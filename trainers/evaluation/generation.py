@@ -101,7 +101,9 @@ def generate_predictions(
     if feature_cache is not None and hasattr(model, "reset_routing"):
         feature_cache = None  # a routed model also feeds the media to its router: it reads them itself
     if feature_cache is not None:
-        feature_cache.fill(model, processor, [sample for sample in samples if sample.get("media") is not None])
+        media_samples = [sample for sample in samples if sample.get("media") is not None]
+        feature_cache.fill(model, processor, media_samples, state.process_index, state.num_processes)
+        state.wait_for_everyone()  # each process encoded its share of the items
     # Whole batches are dealt out, so that each process pads and decodes exactly as a single process would.
     own_batches = batches[state.process_index :: state.num_processes]
     own_predictions: list[tuple[int, str]] = []
