@@ -1,5 +1,6 @@
 """The data path: per-sample preparation once per phase, and the exact, bounded cache of frozen-encoder outputs."""
 
+import pytest
 import torch
 from conftest import build_tiny_model, tiny_processor, toy_samples
 from datasets import Dataset
@@ -182,6 +183,17 @@ def test_group_by_length_batches_mixed_modalities_by_their_token_count(tmp_path)
             measured = sorted(trainer.train_dataset["length"])
             assert measured == sorted(collator.sample_length(s) for s in samples)
     assert padding["group_by_length"] < padding["random"] / 2, padding
+
+
+def test_group_by_length_without_lengths_or_a_measuring_collator_is_refused(tmp_path):
+    model = build_tiny_model(("image",))
+    processor = tiny_processor(model)
+    samples = mixed_samples(tmp_path, ("image",), count=2)
+    args = MeraSFTConfig(
+        output_dir=str(tmp_path / "run"), disable_tqdm=True, train_sampling_strategy="group_by_length"
+    )
+    with pytest.raises(ValueError, match="group_by_length.*needs a 'length' column or a collator that measures"):
+        MeraSFTTrainer(model, args, Dataset.from_list(samples), processor, data_collator=lambda batch: batch)
 
 
 def test_dataloader_workers_deliver_the_same_batches(tmp_path):

@@ -7,12 +7,12 @@ with min-max. The sections follow the paper's Table 6 and the costs a run pays:
 
     training    each method's per-phase time over all stages (pre-train, fine-tune, merge, realign, save) and
                 evaluation, from the `phase_seconds` each stage records in stage.json; each run in its own process
-                (its peak memory is that process's maximum resident set, or the GPU's peak allocation)
+                (its peak memory: the highest of its stages' `peak_memory_mb`, resident set or GPU allocation)
     floor       MERA's computed floor next to the measured ratio: the sample-passes of MERA's phases (realign's
                 replayed samples x epochs added) over Fine-Tuning's
     llava       forward+backward and greedy generation of `MeraForCausalLM` vs `LlavaForConditionalGeneration`
                 holding the same weights (the final image stage)
-    latency     per-token decoding time of each method's final model
+    latency     per-token decoding time of each method's final model, one prompt at a time (Table 6)
     data_path   per modality: samples/s the collator delivers (media read + preprocess + tokenise; and with the
                 frozen-encoder cache) next to samples/s a training step consumes
     lora_step   the fine-tuning step (LoRA on the LLM, the new connector): its FLOPs counted by torch's
@@ -23,7 +23,6 @@ with min-max. The sections follow the paper's Table 6 and the costs a run pays:
 import json
 import multiprocessing
 import os
-import resource
 import statistics
 import time
 from dataclasses import replace
@@ -35,14 +34,6 @@ TRAIN_PHASES = ("pretrain", "finetune", "merge", "realign")
 
 def _summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
-
-
-def _peak_memory_mb() -> float:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
 # --- training: one method's run, in a process of its own -------------------------------------------------------------
@@ -64,9 +55,11 @@ def _train_method(config, test_limit: int | None, result_file: str):
     output_dir = Path(config.output_dir)
     plan = build_stage_plan(config)
     run_stages(config, plan, output_dir)
-    stages = []
+    stages, peaks = [], []
     for step in plan:
-        log = json.loads((output_dir / f"stage-{step.stage}" / "stage.json").read_text())["log"]
+        info = json.loads((output_dir / f"stage-{step.stage}" / "stage.json").read_text())
+        log = info["log"]
+        peaks.append(info["peak_memory_mb"])  # the stage's peak (trainers.evaluation.cost.PeakMemory)
         evaluation = json.loads((output_dir / "eval" / f"stage-{step.stage}.json").read_text())
         train = load_stage_data(step.train_files)
         stages.append(
@@ -80,7 +73,7 @@ def _train_method(config, test_limit: int | None, result_file: str):
                 "realign_samples": log.get("realign", {}).get("samples", 0),
             }
         )
-    Path(result_file).write_text(json.dumps({"stages": stages, "peak_memory_mb": _peak_memory_mb()}))
+    Path(result_file).write_text(json.dumps({"stages": stages, "peak_memory_mb": max(peaks)}))
 
 
 def _run_in_process(config, test_limit, result_file: Path) -> dict:
@@ -204,13 +197,6 @@ def llava_twin(model):
     return llava.to(model.dtype)
 
 
-def prompt_batch(processor, samples: list[dict]):
-    """Left-padded prompts of `samples` with their media, as evaluation generates from them."""
-    from .data.conversations import encode_samples
-
-    return encode_samples(processor, samples, "left", for_generation=True)
-
-
 def _timed(function, iterations: int, *args) -> float:
     """Process CPU seconds per call of `function(*args)`."""
     start = time.process_time()
@@ -223,7 +209,7 @@ def bench_llava(model, processor, samples: list[dict], repetitions: int, iterati
     """Forward+backward and greedy generation, MERA vs LLaVA at equal weights, in interleaved pairs."""
     import torch
 
-    from .data import MeraDataCollator
+    from .data import MeraDataCollator, encode_samples
 
     images = [s for s in samples if s["modality"] == "image"][:8]
     batch = MeraDataCollator(processor)(images)
@@ -254,7 +240,7 @@ def bench_llava(model, processor, samples: list[dict], repetitions: int, iterati
             parameter.grad = None
         module(**inputs).loss.backward()
 
-    prompts = prompt_batch(processor, images)
+    prompts = encode_samples(processor, images, "left", for_generation=True)  # as evaluation prompts
     prompt_ids = prompts["input_ids"].masked_fill(prompts["input_ids"] == placeholder, llava.config.image_token_index)
     pad = processor.tokenizer.pad_token_id
     generation = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False, "pad_token_id": pad}
@@ -296,29 +282,26 @@ def bench_llava(model, processor, samples: list[dict], repetitions: int, iterati
 
 # --- per-token latency of the final models ---------------------------------------------------------------------------
 def bench_latency(models: dict, samples: list[dict], repetitions: int, new_tokens: int) -> dict:
-    """Seconds per generated token of each method's final model on one batch of every modality's prompts."""
+    """Seconds per generated token of each method's final model (`generation_latency`: one prompt at a time, as in
+    the paper's Table 6, on 8 prompts of every modality; process CPU time on a CPU, wall time on a GPU)."""
     import torch
 
+    from .evaluation.cost import generation_latency
+
+    clock = time.perf_counter if torch.cuda.is_available() else time.process_time
+    modalities = sorted({s["modality"] for s in samples})
     times = {method: [] for method in models}
     names = list(models)
     for repetition in range(repetitions):
         for method in names if repetition % 2 == 0 else names[::-1]:
             model, processor = models[method]
-            model.eval()
-            total = 0.0
-            for modality in sorted({s["modality"] for s in samples}):
-                batch = dict(prompt_batch(processor, [s for s in samples if s["modality"] == modality][:8]))
-                start = time.process_time()
-                with torch.no_grad():
-                    model.generate(
-                        **batch,
-                        max_new_tokens=new_tokens,
-                        min_new_tokens=new_tokens,
-                        do_sample=False,
-                        pad_token_id=processor.tokenizer.pad_token_id,
-                    )
-                total += (time.process_time() - start) / new_tokens
-            times[method].append(total / len({s["modality"] for s in samples}))
+            per_modality = [
+                generation_latency(
+                    model, processor, [s for s in samples if s["modality"] == name][:8], new_tokens, clock=clock
+                )["ms_per_token"]
+                for name in modalities
+            ]
+            times[method].append(statistics.fmean(per_modality) / 1000)
     return {method: _summary(values) for method, values in times.items()}
 
 

@@ -533,14 +533,18 @@ def plot_progressive_relative_gain(summaries: Sequence[dict], path: str | os.Pat
     axes[1].tick_params(labelleft=True)
     axes[0].legend(loc="best", fontsize=9)
     axes[1].legend(loc="best", fontsize=9)
-    title = "Progressive Relative Gain"
+    return _save_figure(figure, path, "Progressive Relative Gain", summaries)
+
+
+def _save_figure(figure, path: str | os.PathLike, title: str, summaries: Sequence[dict]) -> Path:
+    """Save a metrics figure; smoke-test summaries get a red banner. The title goes into the file's metadata (PNG
+    text, PDF/SVG title), where tools can read it."""
     if any(s.get("smoke_test") for s in summaries):
         title += f" ({SMOKE_TEST_NOTE})"
         figure.suptitle(SMOKE_TEST_NOTE.capitalize(), color="tab:red", fontweight="bold")
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # The title also goes into the file's metadata (PNG text, PDF/SVG title), where tools can read it.
     figure.savefig(path, dpi=120, metadata={"Title": title})
     return path
 
@@ -574,12 +578,4 @@ def plot_accuracy_matrix(summaries: Sequence[dict], path: str | os.PathLike) -> 
     final.set_xticks(range(len(datasets)), datasets, rotation=20)
     final.grid(alpha=0.3, axis="y")
     final.legend(loc="best", fontsize=9)
-    title = "Accuracy matrix"
-    if any(s.get("smoke_test") for s in summaries):
-        title += f" ({SMOKE_TEST_NOTE})"
-        figure.suptitle(SMOKE_TEST_NOTE.capitalize(), color="tab:red", fontweight="bold")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, metadata={"Title": title})
-    return path
+    return _save_figure(figure, path, "Accuracy matrix", summaries)

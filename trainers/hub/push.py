@@ -52,10 +52,8 @@ from huggingface_hub.utils import validate_repo_id
 
 from ..checkpoint import STAGE_INFO, is_finished_stage
 from .card import (
-    CARD_TEMPLATE_NAME,
     _read_json,
     _stage_files,
-    card_template_path,
     finished_stages,
     render_model_card,
     stage_score_matrix,
@@ -63,15 +61,10 @@ from .card import (
 
 __all__ = [
     "PUSH_RECORD",
-    "CARD_TEMPLATE_NAME",
-    "card_template_path",
     "read_push_record",
     "HubPushError",
     "HubRevisionExistsError",
     "StageUpload",
-    "finished_stages",
-    "stage_score_matrix",
-    "render_model_card",
     "plan_stage_upload",
     "push_run",
 ]
